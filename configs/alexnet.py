@@ -1,0 +1,125 @@
+"""The paper's run: AlexNet on ImageNet (ILSVRC-2012), as in Krizhevsky et al. 2012.
+
+Every hyperparameter of the recipe lives here; ../shared/reference/recipe.md gives the
+sources. Where the paper's text and the original code (cuda-convnet, layers-145.cfg /
+layer-params-145.cfg) differ, the default follows the paper's text and the comment names
+the code's value; the 'original_code' preset switches to the code's.
+
+Presets (comma-separated, `--config=configs/alexnet.py:original_code,bf16`):
+  original_code         the code's quirks: LRN1 before ReLU, spatial norm after LRN2,
+                        conv3-conv5 init std 0.03, biases at 2x the learning rate,
+                        learning-rate drops at epochs 25, 51, 79 and 91 epochs.
+  one_column            the same widths with no column split (no groups).
+  no_lrn                no local response normalisation.
+  non_overlapping_pool  2x2 stride-2 pooling instead of 3x3 stride 2 (same output sizes).
+  bf16                  bfloat16 compute, float32 parameters.
+  he                    He-normal initialisation (zero biases), for modern training.
+"""
+
+import ml_collections
+
+PRESETS = ('original_code', 'one_column', 'no_lrn', 'non_overlapping_pool', 'bf16', 'he')
+
+
+def get_config(arg=''):
+  """Returns the ConfigDict; `arg` is a comma-separated list of PRESETS."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds parameters, dropout, data order and augmentation.
+
+  # --- Network (fields of alexnet_jax.models.AlexNet) -----------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.num_classes = 1000
+  config.model.columns = 2  # Two columns, one per GPU (Section 3.2); 1 = no split.
+  config.model.lrn = True  # Section 3.3.
+  config.model.lrn_size = 5  # n = 5.
+  config.model.lrn_k = 2.0  # k = 2 (the code's minDiv).
+  # alpha in the code's/Caffe's/PyTorch's convention, divided by lrn_size: alpha' = 2e-5.
+  # The paper's text read literally (alpha' = 1e-4) is lrn_alpha = 5e-4.
+  config.model.lrn_alpha = 1e-4
+  config.model.lrn_beta = 0.75  # beta = 0.75.
+  config.model.pool_window = 3  # Overlapping pooling z = 3, s = 2 (Section 3.4).
+  config.model.pool_stride = 2
+  config.model.dropout_rate = 0.5  # fc6 and fc7 (Section 4.2).
+  config.model.init_scheme = 'paper'  # 'paper' | 'original_code' (conv3-5 std 0.03) | 'he'.
+  config.model.lrn1_before_relu = False  # Code: True (LRN1 on conv1's pre-activation).
+  config.model.spatial_norm = False  # Code: True (5x5 norm after LRN2; not in the paper).
+  config.model.conv1_padding = 'paper'  # 224 input padded (0, 3); 'valid' = Caffe's 227.
+  config.model.group_impl = 'split'  # Column-local convs as two convs; 'feature_group'.
+  config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
+
+  # --- Data ----------------------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = 'imagenet2012'  # TFDS name, or 'folder' for root/<split>/<class>.
+  config.data.data_dir = ''  # TFDS data_dir, or the folder root; '' = TFDS default.
+  config.data.manual_dir = ''  # Where the official ILSVRC2012 tars are (TFDS manual_dir).
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
+  config.data.image_size = 224  # Training crop; 227 with model.conv1_padding = 'valid'.
+  config.data.resize_size = 256  # Shorter side to 256, centre 256 x 256 (Section 2).
+  config.data.flip = True  # Random horizontal reflection (Section 4.1).
+  config.data.pca_lighting_std = 0.1  # alpha_i ~ N(0, 0.1) per image (Section 4.1).
+  config.data.mean = 'channel'  # 'channel' (127.3, 119.7, 104.9) or 'image' (mean image).
+  config.data.eval_views = 10  # 10: corners, centre and mirrors (Section 4.1); 1: centre.
+  config.data.on_bad_image = 'error'  # 'error' names the file; 'skip' skips and counts.
+  config.data.deterministic = True  # Same order and augmentation on every run.
+  config.data.cache = False  # Cache decoded examples in memory (small datasets).
+  config.data.shuffle_buffer = 16 * 1024
+
+  # --- Optimisation (Section 5) ---------------------------------------------------------
+  config.batch_size = 128  # Global batch.
+  config.learning_rate = 0.01
+  config.bias_lr_multiplier = 1.0  # Code and Caffe: 2.0 (biases learn at 0.02).
+  config.momentum = 0.9
+  config.weight_decay = 5e-4  # On weights only, not biases, as the code.
+  # 'plateau': divide by 10 when validation error stops improving, at most 3 times;
+  # 'epochs': divide by 10 at `lr_drop_epochs` (code: 25, 51, 79); 'step': by 10 every
+  # `lr_step_epochs`; 'cosine': linear warm-up then cosine (large batches).
+  config.schedule = 'plateau'
+  config.plateau_patience = 2  # Evaluations without improvement before a drop.
+  config.plateau_max_drops = 3
+  config.lr_drop_epochs = (25, 51, 79)
+  config.lr_step_epochs = 30
+  config.warmup_epochs = 5
+  config.num_epochs = 90  # "Roughly 90 cycles through the training set".
+  config.num_train_steps = -1  # > 0 overrides num_epochs.
+
+  # --- Mesh -----------------------------------------------------------------------------
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.model = 2  # 2: a column per device, as the paper's two GPUs; 1: none.
+  config.mesh.data = -1  # -1: all remaining devices.
+
+  # --- Loop, logging, checkpoints -------------------------------------------------------
+  config.log_every_steps = 100
+  config.eval_every_steps = 5000  # Centre-crop evaluation; 10 views at the end.
+  config.checkpoint_every_steps = 5000
+  config.keep_checkpoints = 3
+  config.on_nan = 'stop'  # 'stop' at a NaN/inf loss; 'skip' skips the step and counts.
+  config.distributed = False  # jax.distributed.initialize() (also if the env asks).
+
+  for preset in filter(None, (arg or '').split(',')):
+    _apply_preset(config, preset.strip())
+  return config
+
+
+def _apply_preset(config, preset):
+  if preset == 'original_code':
+    config.model.lrn1_before_relu = True
+    config.model.spatial_norm = True
+    config.model.init_scheme = 'original_code'
+    config.bias_lr_multiplier = 2.0
+    config.schedule = 'epochs'
+    config.lr_drop_epochs = (25, 51, 79)
+    config.num_epochs = 91
+  elif preset == 'one_column':
+    config.model.columns = 1
+    config.mesh.model = 1
+  elif preset == 'no_lrn':
+    config.model.lrn = False
+  elif preset == 'non_overlapping_pool':
+    config.model.pool_window = 2
+  elif preset == 'bf16':
+    config.model.dtype = 'bfloat16'
+  elif preset == 'he':
+    config.model.init_scheme = 'he'
+  else:
+    raise ValueError(f'Unknown preset {preset!r}; choose from {PRESETS}.')
