@@ -1,0 +1,26 @@
+"""Test set-up: four emulated CPU devices, so the ('data', 'model') meshes can be tested.
+
+The flag must be set before JAX is imported anywhere; conftest.py is imported first.
+"""
+
+import os
+import pathlib
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=4').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get('ALEXNET_SHARED_DATA',
+                                          REPO.parent / 'shared' / 'data'))
+
+
+@pytest.fixture(scope='session')
+def shared_data():
+  """../shared/data: the Imagenette tar (see its README)."""
+  if not (SHARED_DATA / 'imagenette224-train.tar').exists():
+    raise FileNotFoundError(f'{SHARED_DATA}/imagenette224-train.tar is missing; set '
+                            'ALEXNET_SHARED_DATA to the folder that holds it.')
+  return SHARED_DATA
