@@ -67,6 +67,7 @@ def get_config(arg=''):
 
   # --- Optimisation (Section 5) ---------------------------------------------------------
   config.batch_size = 128  # Global batch.
+  config.eval_batch_size = 128  # Global; the last eval batch is padded and masked.
   config.learning_rate = 0.01
   config.bias_lr_multiplier = 1.0  # Code and Caffe: 2.0 (biases learn at 0.02).
   config.momentum = 0.9
