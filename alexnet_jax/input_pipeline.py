@@ -1,0 +1,420 @@
+"""Datasets to batches: deterministic, sharded per process, augmented as the paper (tf.data).
+
+Sources (`config.data.dataset`):
+  'folder'     root/<split>/<class>/<image>, root = config.data.data_dir: Imagenette, the
+               embedded sample (SAMPLE_DIR), the 256 x 256 copy `prepare resize` writes,
+               anyone's data. Labels index the sorted class folders of the train split.
+  a TFDS name  e.g. 'imagenet2012', prepared from the official tars by
+               `python -m alexnet_jax.prepare imagenet2012` (README, "ImageNet").
+
+Batches are dicts of NumPy arrays. Training: {'image': uint8 [b, s, s, 3] (random crop and
+flip of the 256 x 256 image), 'lighting': float32 [b, 3] (PCA lighting offsets, added on
+the device by preprocessing.normalize), 'label': int32 [b]}. Evaluation: {'image': uint8
+[b, s, s, 3] (centre) or [b, views, s, s, 3] (the paper's ten views), 'label', 'mask':
+bool [b]}; the last batch is padded with mask False, so every example counts exactly once.
+b is this process's share of the global batch.
+
+Order and augmentation are functions of the seed and the example's position only. For
+folders, epoch e visits the examples in the permutation stateless_shuffle(seed, e) and
+global batch k is positions [kB, (k+1)B) of it, each process reading its own rows of that
+batch: the global batches are the same whatever the number of processes, and a run
+started at step N sees exactly the batches an uninterrupted run saw from step N. TFDS
+datasets are read sequentially, so each process reads its own even split
+(tfds.even_splits) through a seeded shuffle buffer.
+
+Bad images (`config.data.on_bad_image`): an image that fails to decode is dropped from the
+stream; 'error' then raises ValueError naming the file, 'skip' logs it and counts it in
+`Batches.skipped`. ImageNet's CMYK and grayscale JPEGs and its PNG named .JPEG decode to
+RGB (preprocessing.decode_rgb).
+"""
+
+import os
+
+from absl import logging
+import jax
+import numpy as np
+import tensorflow as tf
+
+from alexnet_jax import preprocessing
+
+# The embedded default dataset: real ImageNet photographs (10 classes) in the repo.
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'data', 'sample')
+IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.gif', '.webp')
+MEAN_IMAGE_FILE = 'mean_image.npy'
+
+
+# ----------------------------------------------------------------------------- sources --
+
+def _folder_root(data):
+  return os.path.abspath(os.path.expanduser(data.data_dir or SAMPLE_DIR))
+
+
+def class_names(data):
+  """The class folder names of the train split, sorted; label i is class_names[i]."""
+  if data.dataset == 'folder':
+    root = os.path.join(_folder_root(data), data.train_split)
+    _check_folder(data, root)
+    return sorted(d for d in os.listdir(root)
+                  if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
+  return list(_tfds_builder(data).info.features['label'].names)
+
+
+def _check_folder(data, path):
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"Dataset folder {path} does not exist (config.data.dataset='folder', "
+        f"data_dir={data.data_dir!r}). Expected root/<split>/<class>/<image>: point "
+        'config.data.data_dir at such a root, make one from a folder of class folders with '
+        '`python -m alexnet_jax.prepare split-folder`, or leave data_dir empty for the '
+        'embedded sample.')
+
+
+def _list_folder(data, split):
+  """Sorted (paths, labels) of root/<split>/<class>/<image>."""
+  classes = class_names(data)
+  root = os.path.join(_folder_root(data), split)
+  _check_folder(data, root)
+  unknown = sorted(set(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+                   - set(classes))
+  if unknown:
+    raise ValueError(f'{root} has class folders {unknown[:5]} that the train split '
+                     f'{data.train_split!r} lacks; labels come from the train split.')
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    folder = os.path.join(root, name)
+    if not os.path.isdir(folder):
+      continue
+    for f in sorted(os.listdir(folder)):
+      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'):
+        paths.append(os.path.join(folder, f))
+        labels.append(label)
+  if not paths:
+    raise FileNotFoundError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {root}/<class>/.')
+  return paths, labels
+
+
+def _tfds_builder(data):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(data.dataset, data_dir=data.data_dir or None)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f'TFDS dataset {data.dataset!r} is not prepared in {builder.data_dir_root}. '
+        f'TFDS cannot download ImageNet: put the official ILSVRC2012_img_train.tar and '
+        f'ILSVRC2012_img_val.tar in a folder and run `python -m alexnet_jax.prepare '
+        f'imagenet2012 --manual_dir=FOLDER --data_dir={data.data_dir or "~/tensorflow_datasets"}` '
+        '(README, "ImageNet"), or set config.data.dataset and data_dir to a prepared dataset.')
+  return builder
+
+
+def num_examples(data, split):
+  """Examples in `split` (all processes together)."""
+  if data.dataset == 'folder':
+    return len(_list_folder(data, split)[0])
+  builder = _tfds_builder(data)
+  if split not in builder.info.splits:
+    raise ValueError(f'{data.dataset} has no split {split!r}; it has '
+                     f'{list(builder.info.splits)}.')
+  return builder.info.splits[split].num_examples
+
+
+def mean_image_path(data):
+  """Where `prepare mean` stores the mean image: beside the dataset."""
+  if data.dataset == 'folder':
+    return os.path.join(_folder_root(data), MEAN_IMAGE_FILE)
+  return os.path.join(_tfds_builder(data).data_dir, MEAN_IMAGE_FILE)
+
+
+def mean(data, image_size):
+  """What normalize subtracts: float32 [3] per-channel, or [s, s, 3] (the mean image's centre)."""
+  if data.mean == 'channel':
+    return np.asarray(preprocessing.CHANNEL_MEAN, np.float32)
+  if data.mean != 'image':
+    raise ValueError(f"config.data.mean={data.mean!r}: use 'channel' or 'image'.")
+  path = mean_image_path(data)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"config.data.mean='image' needs the mean image {path}; compute it with "
+        f'`python -m alexnet_jax.prepare mean --dataset={data.dataset} '
+        f'--data_dir={data.data_dir} --split={data.train_split}`.')
+  return preprocessing.mean_for_crop(np.load(path).astype(np.float32), image_size)
+
+
+# ------------------------------------------------------------------- example streams --
+# A stream is a tf.data.Dataset of undecoded examples {'encoded' (bytes, or '' with
+# 'path'), 'label', 'file_name', 'position' (int64 for the augmentation seed, -1 = pad)}.
+
+def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
+  """This process's examples of a folder split, in global-batch order (see module doc).
+
+  rows: (row, rows): this process reads rows [row*b, (row+1)*b) of each global batch of
+  rows*b examples (b = `batch`). Evaluation pads the last global batch to full size.
+  """
+  paths, labels = _list_folder(data, split)
+  n, (row, num_rows) = len(paths), rows
+  global_batch = batch * num_rows
+  paths_t = tf.constant(paths)
+  labels_t = tf.constant(labels, tf.int32)
+  encoded_t = None
+  if data.cache:  # All the split's bytes in memory: for small datasets.
+    encoded_t = tf.constant([tf.io.gfile.GFile(p, 'rb').read() for p in paths])
+
+  def mine(ids):
+    """This process's rows of each global batch, ids: [steps * global_batch]."""
+    return tf.reshape(tf.reshape(ids, [-1, num_rows, batch])[:, row], [-1])
+
+  def lookup_fn(i, position):
+    safe = tf.maximum(i, 0)
+    ex = {'path': tf.gather(paths_t, safe), 'label': tf.gather(labels_t, safe),
+          'encoded': (tf.gather(encoded_t, safe) if encoded_t is not None
+                      else tf.constant(b'')), 'position': position}
+    ex['path'] = tf.where(i >= 0, ex['path'], '')
+    ex['position'] = tf.where(i >= 0, position, tf.constant(-1, tf.int64))
+    return ex
+
+  if train:
+    steps = n // global_batch
+
+    def epoch(e):
+      ids = tf.random.experimental.stateless_shuffle(
+          tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+      positions = e * steps * global_batch + tf.range(steps * global_batch, dtype=tf.int64)
+      return tf.data.Dataset.from_tensor_slices(
+          (mine(ids[:steps * global_batch]), mine(positions)))
+
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip)
+  else:
+    padded = -(-n // global_batch) * global_batch
+    ids = tf.concat([tf.range(n, dtype=tf.int64),
+                     -tf.ones([padded - n], tf.int64)], 0)
+    ds = tf.data.Dataset.from_tensor_slices((mine(ids), mine(tf.range(padded, dtype=tf.int64))))
+  real = None
+  if not train:
+    real = int((np.arange(padded).reshape(-1, num_rows, batch)[:, row] < n).sum())
+  return ds.map(lookup_fn), real
+
+
+def _tfds_stream(data, split, *, train, seed, shard, first_epoch, skip, batch):
+  """This process's even split of a TFDS split; eval padded to the largest split's batches."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _tfds_builder(data)
+  index, count = shard
+  splits = tfds.even_splits(split, n=count, drop_remainder=False)
+  sizes = [builder.info.splits[s].num_examples for s in splits]
+  base = builder.as_dataset(split=splits[index], shuffle_files=False,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+  has_name = 'file_name' in builder.info.features
+
+  def convert(ex):
+    return {'path': tf.constant(''), 'encoded': ex['image'],
+            'label': tf.cast(ex['label'], tf.int32),
+            'file_name': ex['file_name'] if has_name else tf.constant('')}
+
+  base = base.map(convert)
+  if data.cache:
+    base = base.cache()
+  if train:
+    steps_per_epoch = sum(sizes) // (batch * count)
+    per_epoch = steps_per_epoch * batch
+
+    def epoch(e):
+      return (base.shuffle(data.shuffle_buffer, seed=seed * 100003 + e)
+              .take(per_epoch).enumerate(e * per_epoch))
+
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip)
+  else:
+    padded = -(-max(sizes) // batch) * batch
+    ds = base.enumerate().concatenate(tf.data.Dataset.from_tensors(
+        (tf.constant(-1, tf.int64), {'path': tf.constant(''), 'encoded': tf.constant(b''),
+                                     'label': tf.constant(0, tf.int32),
+                                     'file_name': tf.constant('')})).repeat()).take(padded)
+
+  def with_position(position, ex):
+    # Seeds differ per process: each reads a different split.
+    ex['position'] = tf.where(position >= 0, position * count + index, -1)
+    return ex
+
+  return ds.map(with_position), (None if train else sizes[index])
+
+
+# --------------------------------------------------------------------------- decoding --
+
+def _encoded(ex):
+  return tf.cond(tf.strings.length(ex['path']) > 0,
+                 lambda: tf.io.read_file(ex['path']), lambda: ex['encoded'])
+
+
+def _train_example(ex, seed, image_size, data):
+  """Random crop and flip of the 256 x 256 image, and a PCA lighting offset."""
+  key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64),
+                                                 ex['position'])
+  crop_seed, light_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+  image = preprocessing.decode_and_random_crop(
+      _encoded(ex), image_size, crop_seed, resize_size=data.resize_size, flip=data.flip)
+  lighting = (preprocessing.pca_lighting(light_seed, data.pca_lighting_std)
+              if data.pca_lighting_std > 0 else tf.zeros([3], tf.float32))
+  return {'image': image, 'lighting': lighting, 'label': ex['label']}
+
+
+def _eval_example(ex, image_size, num_views, data):
+  """Centre crop, or the ten views, of the 256 x 256 image; padding is zeros, mask False."""
+  shape = [num_views, image_size, image_size, 3] if num_views > 1 else [image_size] * 2 + [3]
+  real = ex['position'] >= 0
+
+  def decode():
+    image = preprocessing.resize_shorter_and_center_crop(
+        preprocessing.decode_rgb(_encoded(ex)), data.resize_size)
+    if num_views == 10:
+      return preprocessing.ten_views(image, image_size)
+    return preprocessing.center_crop(image, image_size)
+
+  image = tf.cond(real, decode, lambda: tf.zeros(shape, tf.uint8))
+  image = tf.ensure_shape(image, shape)
+  return {'image': image, 'label': ex['label'], 'mask': real}
+
+
+# ---------------------------------------------------------------------------- batches --
+
+class Batches:
+  """Iterator of NumPy batches that notices examples the decoder dropped.
+
+  Each element carries its place in this process's stream ('index'); a gap means an image
+  failed to decode. on_bad_image='error' raises ValueError naming the file; 'skip' logs it
+  and appends it to `skipped`.
+  """
+
+  def __init__(self, ds, names, on_bad_image, with_file_names, total=None):
+    self._it = iter(ds.as_numpy_iterator())
+    self._names = names  # Dataset of file names, in stream order.
+    self._on_bad_image = on_bad_image
+    self._with_file_names = with_file_names
+    self._total = total  # Stream length (evaluation), to notice a dropped tail.
+    self._next_index = 0
+    self.skipped = []
+
+  def __iter__(self):
+    return self
+
+  def _missing(self, lo, hi):
+    if hi <= lo:
+      return
+    for name in self._names.skip(lo).take(hi - lo).as_numpy_iterator():
+      name = name.decode()
+      error = _decode_error(name)
+      if self._on_bad_image != 'skip':
+        raise ValueError(
+            f'Cannot decode image {name}: {error}. Remove or replace the file, or set '
+            "config.data.on_bad_image='skip' to skip bad images and count them.")
+      logging.warning('Skipped an image that does not decode: %s (%s)', name, error)
+      self.skipped.append(name)
+
+  def __next__(self):
+    try:
+      batch = next(self._it)
+    except StopIteration:
+      if self._total is not None:
+        self._missing(self._next_index, self._total)
+      raise
+    index = batch.pop('index')
+    real = index[index >= 0]
+    if len(real):
+      expected = np.arange(self._next_index, int(real[-1]) + 1)
+      if len(expected) != len(real):
+        self._missing_between(expected, real)
+      self._next_index = int(real[-1]) + 1
+    if not self._with_file_names:
+      batch.pop('file_name', None)
+    return batch
+
+  def _missing_between(self, expected, seen):
+    seen = set(seen.tolist())
+    for i in expected:
+      if int(i) not in seen:
+        self._missing(int(i), int(i) + 1)
+
+
+def _decode_error(name_or_bytes):
+  """The decoder's message for a file that fails to decode (eagerly, outside tf.data)."""
+  try:
+    encoded = (tf.io.read_file(name_or_bytes) if isinstance(name_or_bytes, str)
+               else name_or_bytes)
+    if isinstance(name_or_bytes, str) and not os.path.exists(name_or_bytes):
+      return 'stored in the TFDS dataset'
+    preprocessing.decode_rgb(encoded)
+    return 'the decoder failed on it inside the pipeline'
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+    return e.message.splitlines()[0] if e.message else type(e).__name__
+
+
+def _options(data):
+  options = tf.data.Options()
+  options.deterministic = data.deterministic
+  options.autotune.enabled = True
+  options.threading.private_threadpool_size = max(os.cpu_count() or 1, 2)
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
+                 image_size=224, num_views=1, shard=None, with_file_names=False):
+  """An iterator of this process's batches (module docstring), as `Batches`.
+
+  Args:
+    data: config.data.
+    split: split name ('train', 'validation', or a sub-folder name).
+    global_batch_size: examples per step over all processes; this process gets
+      global_batch_size // shard count of them.
+    train: True: augmented, shuffled, endless, epoch-aligned (num_examples //
+      global_batch_size steps per epoch); False: one pass, padded and masked.
+    seed: order and augmentation.
+    start_step: the first training step's batch (resume).
+    image_size: crop side.
+    num_views: evaluation views, 1 (centre) or 10 (corners, centre and mirrors).
+    shard: (index, count) of this process among the readers of different data;
+      default (jax.process_index(), jax.process_count()).
+    with_file_names: also yield 'file_name' (bytes [b]).
+  """
+  index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
+  if global_batch_size % count:
+    raise ValueError(f'The global batch size {global_batch_size} must be divisible by '
+                     f'the {count} processes that read data.')
+  if num_views not in (1, 10):
+    raise ValueError(f'num_views={num_views}: use 1 (centre crop) or 10 (the paper\'s views).')
+  if data.on_bad_image not in ('error', 'skip'):
+    raise ValueError(f"config.data.on_bad_image={data.on_bad_image!r}: 'error' or 'skip'.")
+  if image_size > data.resize_size:
+    raise ValueError(f'config.data.image_size={image_size} exceeds resize_size='
+                     f'{data.resize_size}.')
+  batch = global_batch_size // count
+  total = num_examples(data, split)
+  steps_per_epoch = total // global_batch_size
+  if train and steps_per_epoch == 0:
+    raise ValueError(f'The global batch size {global_batch_size} exceeds the {total} '
+                     f'examples of {split!r}.')
+  first_epoch, skip_steps = divmod(start_step, max(steps_per_epoch, 1))
+  kwargs = dict(train=train, seed=seed, first_epoch=first_epoch, skip=skip_steps * batch,
+                batch=batch)
+  if data.dataset == 'folder':
+    stream, real_total = _folder_stream(data, split, rows=(index, count), **kwargs)
+    stream = stream.map(lambda ex: dict(ex, file_name=ex['path']))
+  else:
+    stream, real_total = _tfds_stream(data, split, shard=(index, count), **kwargs)
+  stream = stream.enumerate()  # 'index': place in this process's stream; pads come last.
+
+  def decode(i, ex):
+    out = (_train_example(ex, seed, image_size, data) if train
+           else _eval_example(ex, image_size, num_views, data))
+    out.update(index=tf.where(ex['position'] >= 0, i, -1), file_name=ex['file_name'])
+    return out
+
+  ds = stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  if not train:  # Refill what the decoder dropped: every process, the same batch count.
+    pad = {k: tf.zeros(s.shape, s.dtype) for k, s in ds.element_spec.items()}
+    pad['index'] = tf.constant(-1, tf.int64)
+    length = int(stream.cardinality())
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(length)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = ds.with_options(_options(data))
+  names = stream.map(lambda i, ex: ex['file_name'])
+  return Batches(ds, names, data.on_bad_image, with_file_names,
+                 total=None if train else real_total)
