@@ -280,16 +280,18 @@ def ten_views(image, size):
   return tf.concat([views, tf.reverse(views, axis=[2])], axis=0)
 
 
-def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32):
-  """images + lighting - mean, on the device (jax.numpy, inside the jitted step).
+def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32, std=1.0):
+  """(images + lighting - mean) / std, on the device (jax.numpy, inside the jitted step).
 
-  Pixels stay in 0-255 units: the paper only subtracts the mean (Section 2).
+  With std 1 pixels stay in 0-255 units: the paper only subtracts the mean (Section 2).
+  He initialisation assumes unit-variance inputs: divide by the pixels' std (57.7).
 
   Args:
     images: uint8 [b, ..., h, w, 3], e.g. [b, h, w, 3] or [b, 10, h, w, 3] for eval views.
     lighting: float32 [b, 3] per-image RGB offsets (pca_lighting), or None.
     mean: [3] per-channel mean, or [h, w, 3] mean image (mean_for_crop).
     dtype: of the result.
+    std: divides the result (scalar or [3]); 1 in the paper.
   Returns:
     dtype [b, ..., h, w, 3].
   """
@@ -297,7 +299,10 @@ def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32):
   if lighting is not None:
     lighting = jnp.asarray(lighting, jnp.float32)
     x = x + lighting.reshape(lighting.shape[:1] + (1,) * (x.ndim - 2) + (3,))
-  return (x - jnp.asarray(mean, jnp.float32)).astype(dtype)
+  x = x - jnp.asarray(mean, jnp.float32)
+  if std != 1.0:
+    x = x / jnp.asarray(std, jnp.float32)
+  return x.astype(dtype)
 
 
 def mean_image(images):

@@ -13,7 +13,8 @@ Presets (comma-separated, `--config=configs/alexnet.py:original_code,bf16`):
   no_lrn                no local response normalisation.
   non_overlapping_pool  2x2 stride-2 pooling instead of 3x3 stride 2 (same output sizes).
   bf16                  bfloat16 compute, float32 parameters.
-  he                    He-normal initialisation (zero biases), for modern training.
+  he                    He-normal initialisation (zero biases) with inputs divided by the
+                        pixels' standard deviation, for modern training.
 """
 
 import ml_collections
@@ -59,6 +60,7 @@ def get_config(arg=''):
   config.data.flip = True  # Random horizontal reflection (Section 4.1).
   config.data.pca_lighting_std = 0.1  # alpha_i ~ N(0, 0.1) per image (Section 4.1).
   config.data.mean = 'channel'  # 'channel' (127.3, 119.7, 104.9) or 'image' (mean image).
+  config.data.std = 1.0  # Inputs are divided by it: 1 (0-255 units) in the paper.
   config.data.eval_views = 10  # 10: corners, centre and mirrors (Section 4.1); 1: centre.
   config.data.on_bad_image = 'error'  # 'error' names the file; 'skip' skips and counts.
   config.data.deterministic = True  # Same order and augmentation on every run.
@@ -86,7 +88,9 @@ def get_config(arg=''):
 
   # --- Mesh -----------------------------------------------------------------------------
   config.mesh = ml_collections.ConfigDict()
-  config.mesh.model = 2  # 2: a column per device, as the paper's two GPUs; 1: none.
+  # 2: a column per device, as the paper's two GPUs; 1: none; 0: 2 if the device count
+  # is even, else 1.
+  config.mesh.model = 2
   config.mesh.data = -1  # -1: all remaining devices.
 
   # --- Loop, logging, checkpoints -------------------------------------------------------
@@ -122,5 +126,6 @@ def _apply_preset(config, preset):
     config.model.dtype = 'bfloat16'
   elif preset == 'he':
     config.model.init_scheme = 'he'
+    config.data.std = 57.7  # He et al. assume unit-variance inputs: ImageNet's pixel std.
   else:
     raise ValueError(f'Unknown preset {preset!r}; choose from {PRESETS}.')

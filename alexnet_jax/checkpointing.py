@@ -1,0 +1,133 @@
+"""Orbax checkpoints: save, resume from the latest good one, restore parameters alone.
+
+A checkpoint is `<workdir>/checkpoints/<step>/` with two items: 'state' (the whole
+TrainState: step, params, optimizer and plateau state) and 'config' (the run's config as
+JSON, so a restore can say what differs). Orbax writes each checkpoint to a temporary
+directory and renames it when complete, so a run killed mid-save leaves the earlier ones
+intact. Arrays are restored into whatever sharding the caller's abstract tree asks for:
+a checkpoint written on a model=2 mesh restores on one device and back.
+"""
+
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config fields that change the shapes or meaning of the parameters.
+_MODEL_FIELDS = ('num_classes', 'columns')
+
+
+def checkpoint_dir(workdir):
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def check_writable(workdir):
+  """Fails before any compute when `workdir` cannot take checkpoints."""
+  probe = os.path.join(workdir, '.write_test')
+  try:
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f'The workdir {workdir!r} is not writable ({e.strerror}); checkpoints '
+                  'could not be saved. Choose another --workdir or free space.') from e
+
+
+def create_manager(workdir, config):
+  return ocp.CheckpointManager(
+      checkpoint_dir(workdir), item_names=('state', 'config'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                           create=True, cleanup_tmp_directories=True))
+
+
+def save(manager, step, state, config):
+  """Saves asynchronously; the caller's `manager.wait_until_finished()` makes it final."""
+  if step in manager.all_steps():
+    return
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      config=ocp.args.JsonSave(config.to_dict())))
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def check_compatible(saved, config, directory):
+  """Raises if the saved run's network differs from `config`'s in shape or meaning."""
+  diffs = [f'model.{k}: checkpoint {saved["model"][k]!r}, config {config.model[k]!r}'
+           for k in _MODEL_FIELDS if saved['model'].get(k) != config.model[k]]
+  if diffs:
+    raise ValueError(f'The checkpoint in {directory} was written by an incompatible '
+                     f'network: {"; ".join(diffs)}. Use a matching config or another '
+                     'workdir.')
+
+
+def restore_latest(manager, state, config):
+  """Returns the latest good checkpoint's state, or `state` when there is none.
+
+  `state` gives the structure and the target shardings. A checkpoint that fails to
+  restore (truncated file, missing entry) is reported and the one before it is used.
+  """
+  directory = manager.directory
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      saved_config = manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))['config']
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error('Checkpoint %s/%d is unreadable (%s); trying the previous one.',
+                    directory, step, e)
+      continue
+    check_compatible(saved_config, config, directory)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(state))))['state']
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error('Checkpoint %s/%d is corrupt (%s); trying the previous one.',
+                    directory, step, e)
+      continue
+    logging.info('Resumed from %s/%d.', directory, step)
+    return restored
+  return state
+
+
+def restore_params(workdir, params, config=None, step=None):
+  """Restores only the parameters saved in `workdir` (latest step unless `step`).
+
+  `params`: a tree (arrays or jax.ShapeDtypeStruct with shardings) giving the structure
+  and target placement, e.g. a freshly initialised model's on any mesh. With `config`, the
+  saved network is checked to be compatible first. Returns the parameters.
+  """
+  manager = ocp.CheckpointManager(
+      checkpoint_dir(workdir), item_names=('state', 'config'),
+      options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {checkpoint_dir(workdir)}: train first with '
+                            f'`python -m alexnet_jax.main --workdir={workdir}`.')
+  if config is not None:
+    saved = manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))['config']
+    check_compatible(saved, config, manager.directory)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item={'params': _abstract(params)},
+      restore_args=ocp.checkpoint_utils.construct_restore_args({'params': _abstract(params)}),
+      partial_restore=True)))['state']
+  manager.close()
+  return restored['params']
+
+
+def saved_config(workdir, step=None):
+  """The ConfigDict a checkpoint was written with."""
+  manager = ocp.CheckpointManager(
+      checkpoint_dir(workdir), item_names=('state', 'config'),
+      options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {checkpoint_dir(workdir)}.')
+  saved = manager.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore()))['config']
+  manager.close()
+  return ml_collections.ConfigDict(saved)

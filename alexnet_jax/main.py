@@ -1,0 +1,48 @@
+"""Trains AlexNet: `python -m alexnet_jax.main --config=configs/alexnet.py --workdir=DIR`.
+
+Config fields are overridden on the command line (`--config.batch_size=256`); a preset
+follows the file name (`--config=configs/alexnet.py:original_code`). Rerunning with the
+same --workdir resumes from its latest checkpoint. Multi-host: set config.distributed=True
+(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID) and start one process
+per host; jax.distributed connects them.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from alexnet_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def maybe_initialize_distributed(config):
+  """Starts JAX's distributed runtime when the config or the environment asks for it."""
+  if config.distributed or 'JAX_COORDINATOR_ADDRESS' in os.environ:
+    env = os.environ
+    jax.distributed.initialize(
+        coordinator_address=env.get('JAX_COORDINATOR_ADDRESS'),
+        num_processes=int(env['JAX_NUM_PROCESSES']) if 'JAX_NUM_PROCESSES' in env else None,
+        process_id=int(env['JAX_PROCESS_ID']) if 'JAX_PROCESS_ID' in env else None)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  maybe_initialize_distributed(FLAGS.config)
+  logging.info('JAX process %d of %d; %d local / %d global devices: %s',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

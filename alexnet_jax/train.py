@@ -1,0 +1,405 @@
+"""Training: the train state, the model-parallel steps under shard_map, and the loop.
+
+The mesh has axes ('data', 'model'). With model=2 each device holds one column of every
+layer, as the paper's two GPUs did (Section 3.2): every parameter, and every optimizer
+state leaf shaped like one, is split on its last axis (`partition_spec`, the one place the
+layout is declared). The batch is split over 'data' and replicated over 'model'.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from absl import logging
+import flax
+from flax.training import train_state
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+import tensorflow as tf
+import tqdm
+
+from alexnet_jax import checkpointing
+from alexnet_jax import input_pipeline
+from alexnet_jax import models
+from alexnet_jax import optimizer
+from alexnet_jax import preprocessing
+
+AXES = ('data', 'model')
+
+
+class TrainState(train_state.TrainState):
+  """Step, parameters, optimizer state, and the plateau schedule's state."""
+  plateau_state: Any = None
+
+
+def create_mesh(mesh_config, devices=None):
+  """A ('data', 'model') mesh over all devices (of every process).
+
+  mesh_config.model: 2 for the paper's column-per-device split, 1 for none, 0 for 2 when
+  the device count is even and 1 otherwise; mesh_config.data: the data-parallel size, -1
+  for all remaining devices.
+  """
+  devices = jax.devices() if devices is None else devices
+  n, model = len(devices), mesh_config.model
+  if model == 0:
+    model = 2 if n % 2 == 0 else 1
+  if model not in (1, 2):
+    raise ValueError(f'config.mesh.model={model}: use 2 (a column per device, as the '
+                     'paper), 1 (no model parallelism) or 0 (2 when the devices allow).')
+  if n % model:
+    raise ValueError(f'config.mesh.model={model} does not divide the {n} device(s); use '
+                     '--config.mesh.model=1 (or 0 to pick by device count).')
+  data = n // model if mesh_config.data == -1 else mesh_config.data
+  if data * model != n:
+    raise ValueError(f'config.mesh.data={mesh_config.data} x config.mesh.model={model} '
+                     f'must equal the number of devices ({n}); use data=-1 to fill.')
+  return jax.make_mesh((data, model), AXES, axis_types=(AxisType.Auto,) * 2,
+                       devices=devices)
+
+
+def partition_spec(leaf):
+  """Every array with a last axis is split on it over 'model'; scalars are replicated."""
+  return P() if np.ndim(leaf) == 0 else P(*(None,) * (np.ndim(leaf) - 1), 'model')
+
+
+def state_specs(state):
+  return jax.tree.map(partition_spec, state)
+
+
+def _shardings(mesh, specs):
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+
+
+def create_train_state(config, model, tx, mesh):
+  """Initialises parameters from config.seed straight into their shards on `mesh`."""
+  plateau = optimizer.create_plateau(config)
+  size = config.data.image_size
+
+  def init():
+    params = model.init({'params': jax.random.key(config.seed)},
+                        jnp.zeros((1, size, size, 3), jnp.float32), train=False)['params']
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             plateau_state=plateau.init(params))
+
+  abstract = jax.eval_shape(init)
+  return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))()
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def make_train_step(config, model, mesh, state, mean):
+  """The jitted training step: (state, batch) -> (state, metrics).
+
+  batch: {'image': uint8 [global_batch, s, s, 3], 'lighting': float32 [global_batch, 3]
+  (PCA lighting offsets), 'label': int32 [global_batch]}, split over 'data'. Images are
+  normalised on the device. A step whose loss or gradients are not finite leaves the
+  parameters unchanged and reports nonfinite=1; the loop stops or counts it.
+  """
+  local_model = model.clone(model_axis='model', data_axis='data')
+  dropout_key = jax.random.key(config.seed + 1)
+
+  def step(state, batch):
+    images = preprocessing.normalize(batch['image'], batch['lighting'], mean,
+                                     std=config.data.std)
+    rng = jax.random.fold_in(dropout_key, state.step)
+
+    def loss_fn(params):
+      logits = local_model.apply({'params': params}, images, train=True,
+                                 rngs={'dropout': rng})
+      # The mean over the global batch: with it, autodiff's transposes of the
+      # collectives sum each device's share once (the logits are replicated over
+      # 'model', the parameters over 'data').
+      loss = lax.pmean(cross_entropy(logits, batch['label']).mean(), AXES)
+      return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = lax.pmin(finite.astype(jnp.int32), AXES).astype(bool)
+    new_state = state.apply_gradients(grads=grads)
+    # Skip a non-finite update, but let the counters (integer leaves: the step, the
+    # schedule's count) advance, so the data and the schedule stay aligned with the step.
+    new_state = jax.tree.map(
+        lambda new, old: new if jnp.issubdtype(new.dtype, jnp.integer)
+        else jnp.where(finite, new, old), new_state, state)
+    top1 = jnp.argmax(logits, -1) == batch['label']
+    metrics = {
+        'loss': loss,
+        'train_top1_error': 1.0 - lax.pmean(top1.mean(), AXES),
+        'learning_rate': optimizer.current_learning_rate(new_state.opt_state),
+        'nonfinite': 1 - finite.astype(jnp.int32),
+    }
+    return new_state, metrics
+
+  specs = state_specs(state)
+  batch_specs = {'image': P('data'), 'lighting': P('data'), 'label': P('data')}
+  sharded = jax.shard_map(step, mesh=mesh, in_specs=(specs, batch_specs),
+                          out_specs=(specs, P()))
+  return jax.jit(sharded, donate_argnums=0)
+
+
+def make_eval_step(model, mesh, params, mean, std=1.0):
+  """The jitted evaluation step: (params, batch) -> summed counts over the batch.
+
+  batch: {'image': uint8 [b, s, s, 3] or [b, views, s, s, 3], 'label': int32 [b],
+  'mask': bool [b]}. With views, the softmax outputs are averaged (Section 4.1).
+  Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples.
+  """
+  local_model = model.clone(model_axis='model', data_axis='data')
+
+  def step(params, batch):
+    images = batch['image']
+    lead = images.shape[:-3]
+    images = preprocessing.normalize(images.reshape((-1,) + images.shape[-3:]), None, mean,
+                                     std=std)
+    logits = local_model.apply({'params': params}, images, train=False)
+    probs = jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
+    if probs.ndim == 3:
+      probs = probs.mean(axis=1)
+    labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+    top5 = lax.top_k(probs, 5)[1]
+    sums = {
+        'top1_correct': (jnp.argmax(probs, -1) == labels) * mask,
+        'top5_correct': jnp.any(top5 == labels[:, None], axis=-1) * mask,
+        'loss': -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12) * mask,
+        'count': mask,
+    }
+    # Summed over the batch's shards; the same on both columns (the logits are gathered).
+    return jax.tree.map(lambda x: lax.pmean(lax.psum(x.sum(), 'data'), 'model'), sums)
+
+  batch_specs = {'image': P('data'), 'label': P('data'), 'mask': P('data')}
+  sharded = jax.shard_map(step, mesh=mesh, in_specs=(state_specs(params), batch_specs),
+                          out_specs=P())
+  return jax.jit(sharded)
+
+
+def data_shard(mesh):
+  """(index, count): this process feeds rows [index*b, (index+1)*b) of each global batch
+  of count*b examples, b = global batch / count.
+
+  The process's devices must hold a contiguous block of the 'data' axis; with model=2
+  across two processes both feed the same rows (count 1).
+  """
+  rows = sorted({i for (i, _), d in np.ndenumerate(mesh.devices)
+                 if d.process_index == jax.process_index()})
+  size = len(rows)
+  if rows != list(range(rows[0], rows[0] + size)) or rows[0] % size:
+    raise ValueError(f'Process {jax.process_index()} holds data rows {rows} of the mesh, '
+                     'not one aligned block; order the devices by process.')
+  return rows[0] // size, mesh.shape['data'] // size
+
+
+def global_batch(mesh, local_batch):
+  """Numpy arrays of this process's examples -> global arrays split over 'data'."""
+  sharding = NamedSharding(mesh, P('data'))
+  count = data_shard(mesh)[1]
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+          sharding, x, (x.shape[0] * count,) + x.shape[1:]), local_batch)
+
+
+def evaluate(eval_step, params, config, mesh, num_views):
+  """Top-1/top-5 error and loss over the whole eval split, each example counted once."""
+  totals = None
+  batches = input_pipeline.create_split(
+      config.data, config.data.eval_split, global_batch_size=config.eval_batch_size,
+      train=False, seed=config.seed, image_size=config.data.image_size,
+      num_views=num_views, shard=data_shard(mesh))
+  for batch in batches:
+    sums = eval_step(params, global_batch(mesh, batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  return {'top1_error': 1.0 - totals['top1_correct'] / count,
+          'top5_error': 1.0 - totals['top5_correct'] / count,
+          'loss': totals['loss'] / count, 'count': count}
+
+
+def validate_config(config, mesh):
+  """Checks values that would otherwise fail late or silently; raises ValueError."""
+  data = mesh.shape['data']
+  for name in ('batch_size', 'eval_batch_size'):
+    value = config[name]
+    if value <= 0 or value % data:
+      raise ValueError(f'config.{name}={value} must be a positive multiple of the data '
+                       f'axis size {data} (devices {jax.device_count()} / model '
+                       f'{mesh.shape["model"]}).')
+  if config.learning_rate <= 0:
+    raise ValueError(f'config.learning_rate={config.learning_rate} must be positive.')
+  if config.model.columns == 1 and mesh.shape['model'] != 1:
+    raise ValueError('config.model.columns=1 (no column split) runs with config.mesh.model=1.')
+  if config.model.columns == 2 and mesh.shape['model'] not in (1, 2):
+    raise ValueError(f'config.mesh.model={mesh.shape["model"]}: the two-column network '
+                     'runs with model=1 or model=2.')
+  if config.on_nan not in ('stop', 'skip'):
+    raise ValueError(f"config.on_nan={config.on_nan!r}: use 'stop' or 'skip'.")
+
+
+class MetricsWriter:
+  """Writes scalars to `metrics.jsonl` (one JSON object a line) and TensorBoard."""
+
+  def __init__(self, workdir, enabled=True):
+    self.enabled = enabled
+    if enabled:
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step, scalars):
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    self._jsonl.flush()
+    with self._tb.as_default(step=int(step)):
+      for k, v in scalars.items():
+        tf.summary.scalar(k, v)
+    self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class _Preempted:
+  """Records SIGTERM so the loop can save a checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.flag = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.flag = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains and evaluates AlexNet; resumes from the latest checkpoint in `workdir`."""
+  tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep the accelerators for JAX.
+  mesh = create_mesh(config.mesh)
+  validate_config(config, mesh)
+  os.makedirs(workdir, exist_ok=True)
+  checkpointing.check_writable(workdir)
+  model = models.AlexNet(**config.model)
+  num_train = input_pipeline.num_examples(config.data, config.data.train_split)
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
+                     f'{num_train} training examples.')
+  total_steps = optimizer.total_steps(config, steps_per_epoch)
+  tx = optimizer.create_optimizer(
+      config, optimizer.create_learning_rate_fn(config, steps_per_epoch))
+  plateau = optimizer.create_plateau(config)
+  mean = jnp.asarray(input_pipeline.mean(config.data, config.data.image_size))
+
+  state = create_train_state(config, model, tx, mesh)
+  manager = checkpointing.create_manager(workdir, config)
+  state = checkpointing.restore_latest(manager, state, config)
+  start_step = int(state.step)
+  train_step = make_train_step(config, model, mesh, state, mean)
+  eval_step = make_eval_step(model, mesh, state.params, mean, config.data.std)
+  is_main = jax.process_index() == 0
+  writer = MetricsWriter(workdir, enabled=is_main)
+  logging.info('Training %d steps (%d per epoch) from step %d on a %s mesh.',
+               total_steps, steps_per_epoch, start_step, dict(mesh.shape))
+
+  batches = input_pipeline.create_split(
+      config.data, config.data.train_split, global_batch_size=config.batch_size,
+      train=True, seed=config.seed, start_step=start_step,
+      image_size=config.data.image_size, shard=data_shard(mesh))
+  preempted = _Preempted()
+  progress = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_main,
+                       dynamic_ncols=True, desc='train')
+  pending = None  # The previous step's metrics: read one step late, keeping the device busy.
+  skipped = 0
+  t0, n0 = time.perf_counter(), start_step
+
+  def check(step, metrics):
+    nonlocal skipped
+    metrics = jax.device_get(metrics)
+    if metrics['nonfinite']:
+      if config.on_nan == 'stop':
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f'Non-finite loss or gradients at step {step} (loss={metrics["loss"]}); the '
+            f'update was not applied and training stopped. Checkpoints in {workdir} are '
+            f'kept ({_latest(manager)}). Lower the learning rate, or set '
+            "config.on_nan='skip' to skip such steps.")
+      skipped += 1
+    return metrics
+
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = train_step(state, global_batch(mesh, next(batches)))
+      if pending is not None:
+        check(*pending)
+      pending = (step, metrics)
+      progress.update(1)
+
+      if step % config.log_every_steps == 0 or step == total_steps:
+        metrics = check(*pending)
+        pending = None
+        elapsed = time.perf_counter() - t0
+        rate = (step - n0) * config.batch_size / max(elapsed, 1e-9)
+        t0, n0 = time.perf_counter(), step
+        scalars = {k: metrics[k] for k in ('loss', 'train_top1_error', 'learning_rate')}
+        scalars.update(images_per_sec=rate, skipped_steps=skipped,
+                       skipped_images=len(batches.skipped))
+        writer.write(step, scalars)
+        progress.set_postfix(loss=f'{scalars["loss"]:.3f}', img_s=f'{rate:.0f}')
+
+      last = step == total_steps
+      if step % config.eval_every_steps == 0 or last:
+        views = config.data.eval_views if last else 1
+        result = evaluate(eval_step, state.params, config, mesh, views)
+        writer.write(step, {'eval_top1_error': result['top1_error'],
+                            'eval_top5_error': result['top5_error'],
+                            'eval_loss': result['loss'], 'eval_views': views})
+        logging.info('step %d: eval (%d view(s), %d examples) top-1 %.4f top-5 %.4f', step,
+                     views, result['count'], result['top1_error'], result['top5_error'])
+        if config.schedule == 'plateau' and not last:
+          state = set_plateau(state, plateau, result['top1_error'], mesh)
+
+      if step % config.checkpoint_every_steps == 0 or last or preempted.flag:
+        if pending is not None:
+          check(*pending)
+          pending = None
+        checkpointing.save(manager, step, state, config)
+      if preempted.flag:
+        logging.warning('SIGTERM: saved a checkpoint at step %d; exiting.', step)
+        break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    progress.close()
+    writer.close()
+    preempted.restore()
+  return state
+
+
+def _latest(manager):
+  step = manager.latest_step()
+  return 'none saved yet' if step is None else f'latest: step {step}'
+
+
+def set_plateau(state, plateau, eval_error, mesh):
+  """Feeds one evaluation's error to the plateau schedule; sets the lr multiplier."""
+  replicated = NamedSharding(mesh, P())
+  plateau_state = optimizer.update_plateau(plateau, state.plateau_state, eval_error)
+  plateau_state = jax.device_put(plateau_state, replicated)
+  # A copy: the step donates its state, and one buffer may not be donated twice.
+  opt_state = optimizer.set_lr_scale(state.opt_state, jnp.copy(plateau_state.scale))
+  return state.replace(plateau_state=plateau_state, opt_state=opt_state)

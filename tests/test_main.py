@@ -1,0 +1,208 @@
+"""The main job end to end on the embedded sample: metrics, checkpoints, resume, multi-host.
+
+Runs use 67 x 67 crops of 76 x 76 images (the network's structure at a fraction of the
+cost) and a few steps; each run is its own process, as a user's would be.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from alexnet_jax import checkpointing
+from alexnet_jax import models
+from alexnet_jax import optimizer
+from alexnet_jax import train
+from configs import sample
+from tests.conftest import REPO
+
+TINY = ['--config.data.image_size=67', '--config.data.resize_size=76',
+        '--config.batch_size=8', '--config.eval_batch_size=40', '--config.log_every_steps=2',
+        '--config.data.eval_views=1']
+
+
+def main_command(workdir, *overrides, steps=6):
+  return [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/sample.py',
+          f'--workdir={workdir}', f'--config.num_train_steps={steps}', *TINY, *overrides]
+
+
+def environment(devices=1, **extra):
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2', **extra)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def run_main(workdir, *overrides, steps=6, devices=1, check=True, **extra):
+  result = subprocess.run(main_command(workdir, *overrides, steps=steps), cwd=REPO,
+                          env=environment(devices, **extra), capture_output=True,
+                          text=True, timeout=600)
+  if check and result.returncode:
+    raise AssertionError(result.stderr[-3000:])
+  return result
+
+
+def metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def final_params(workdir):
+  """The latest checkpoint's parameters as NumPy arrays, read with orbax directly."""
+  directory = checkpointing.checkpoint_dir(workdir)
+  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    path = os.path.join(directory, str(step), 'state')
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            checkpointer.metadata(path).item_metadata.tree)
+    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  return step, state['params']
+
+
+def assert_trees_equal(a, b, rtol=0.0):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    if rtol:
+      np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * np.abs(x).max(),
+                                 err_msg=jax.tree_util.keystr(path))
+    else:
+      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """A 6-step run of main on the sample, checkpointing every 2 steps."""
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  run_main(workdir, '--config.checkpoint_every_steps=2', '--config.eval_every_steps=3')
+  return workdir
+
+
+def test_main_writes_metrics_tensorboard_and_checkpoints(uninterrupted):
+  lines = metrics(uninterrupted)
+  train_lines = [l for l in lines if 'loss' in l]
+  evals = [l for l in lines if 'eval_top1_error' in l]
+  assert [l['step'] for l in train_lines] == [2, 4, 6]
+  assert all(np.isfinite(l['loss']) and l['images_per_sec'] > 0 for l in train_lines)
+  assert all(l['learning_rate'] == pytest.approx(0.01) for l in train_lines)
+  assert [l['step'] for l in evals] == [3, 6]
+  assert all(0 <= l['eval_top1_error'] <= l['eval_top1_error'] + l['eval_top5_error'] <= 2
+             and l['eval_top5_error'] <= l['eval_top1_error'] for l in evals)
+  assert os.listdir(os.path.join(uninterrupted, 'tensorboard'))
+  steps = sorted(int(d) for d in os.listdir(checkpointing.checkpoint_dir(uninterrupted))
+                 if d.isdigit())
+  assert steps == [4, 6]  # keep_checkpoints=2
+
+
+def test_sigkill_and_rerun_is_bit_identical_to_uninterrupted(uninterrupted, tmp_path):
+  """Killed with SIGKILL after the step-4 checkpoint, rerun: same final parameters."""
+  workdir = tmp_path / 'killed'
+  process = subprocess.Popen(
+      main_command(workdir, '--config.checkpoint_every_steps=2',
+                   '--config.eval_every_steps=3', steps=6), cwd=REPO,
+      env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoint = os.path.join(checkpointing.checkpoint_dir(workdir), '4')
+  deadline = time.time() + 500
+  while not os.path.isdir(checkpoint) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert os.path.isdir(checkpoint), 'the run ended before its step-4 checkpoint'
+  run_main(workdir, '--config.checkpoint_every_steps=2', '--config.eval_every_steps=3')
+  step, params = final_params(workdir)
+  assert step == 6
+  assert_trees_equal(final_params(uninterrupted)[1], params)
+  resumed = [l for l in metrics(workdir) if 'loss' in l]
+  assert resumed[-1]['step'] == 6
+
+
+def test_model2_checkpoint_restores_on_model1_and_back(tmp_path):
+  config = sample.get_config()
+  config.data.image_size = 67
+  model = models.AlexNet(**config.model)
+  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 10))
+  mesh = lambda m: train.create_mesh(ml_collections.ConfigDict({'data': -1, 'model': m}),
+                                     jax.devices()[:2])
+  for source, target in ((2, 1), (1, 2)):
+    workdir = tmp_path / f'{source}to{target}'
+    config.seed = source
+    state = train.create_train_state(config, model, tx, mesh(source))
+    manager = checkpointing.create_manager(workdir, config)
+    checkpointing.save(manager, 3, state, config)
+    manager.wait_until_finished()
+    manager.close()
+    config.seed = 99  # A different initialisation, overwritten by the restore.
+    fresh = train.create_train_state(config, model, tx, mesh(target))
+    manager = checkpointing.create_manager(workdir, config)
+    restored = checkpointing.restore_latest(manager, fresh, config)
+    manager.close()
+    assert int(restored.step) == 0 and restored.params['conv1']['kernel'].sharding.mesh.shape[
+        'model'] == target
+    assert_trees_equal(jax.device_get(state.params), jax.device_get(restored.params))
+    assert_trees_equal(jax.device_get(state.opt_state), jax.device_get(restored.opt_state))
+    params = checkpointing.restore_params(workdir, fresh.params, config)
+    assert_trees_equal(jax.device_get(state.params), jax.device_get(params))
+
+
+def test_incompatible_checkpoint_says_what_differs(uninterrupted):
+  with pytest.raises(ValueError, match=r'model.num_classes: checkpoint 10, config 1000'):
+    config = sample.get_config()
+    config.model.num_classes = 1000
+    abstract = {'conv1': {}}
+    checkpointing.restore_params(uninterrupted, abstract, config)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('model_size', [1, 2])
+def test_two_processes_match_one(tmp_path, model_size):
+  """Two processes on localhost (one CPU device each, JAX's distributed runtime) train as
+  one process with two devices: model=1 splits the batch between them, model=2 the
+  columns."""
+  overrides = [f'--config.mesh.model={model_size}', '--config.checkpoint_every_steps=3',
+               '--config.eval_every_steps=3']
+  single = tmp_path / 'single'
+  run_main(single, *overrides, steps=3, devices=2)
+  multi = tmp_path / 'multi'
+  port = _free_port()
+  processes = [subprocess.Popen(
+      main_command(multi, *overrides, steps=3), cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True, env=environment(
+          1, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
+          JAX_PROCESS_ID=str(i))) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
+  assert 'process 1 of 2' in outputs[1]
+  assert_trees_equal(final_params(single)[1], final_params(multi)[1], rtol=1e-5)
+  one, two = metrics(single), metrics(multi)
+  assert [l['step'] for l in one] == [l['step'] for l in two]
+  np.testing.assert_allclose([l.get('eval_top1_error', 0) for l in one],
+                             [l.get('eval_top1_error', 0) for l in two])
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
+  workdir = tmp_path / 'nan'
+  result = run_main(workdir, '--config.learning_rate=1e6', '--config.checkpoint_every_steps=1',
+                    '--config.eval_every_steps=100', '--config.on_nan=stop', steps=30,
+                    check=False)
+  assert result.returncode != 0
+  assert 'FloatingPointError: Non-finite loss or gradients at step' in result.stderr
+  step, params = final_params(workdir)
+  assert f'latest: step {step})' in result.stderr
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_unknown_config_field_fails_before_compute(tmp_path):
+  result = run_main(tmp_path, '--config.learning_rat=0.1', check=False)
+  assert result.returncode != 0 and 'learning_rat' in result.stderr
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))

@@ -1,0 +1,120 @@
+"""The model-parallel training step: every mesh computes the same step as one device."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from alexnet_jax import models
+from alexnet_jax import optimizer
+from alexnet_jax import preprocessing
+from alexnet_jax import train
+from configs import alexnet
+
+# 67 x 67 inputs keep the network's structure (conv1 15 x 15 -> pool5 1 x 1 x 256) at a
+# fraction of the cost of 224 x 224; the equalities tested do not depend on the size.
+SIZE = 67
+
+
+def small_config(**model):
+  config = alexnet.get_config()
+  config.model.num_classes = 10
+  config.model.update(model)
+  config.data.image_size = SIZE
+  config.batch_size = 8
+  config.learning_rate = 0.05  # Large enough that the updates are visible in float32.
+  return config
+
+
+def random_batches(n, batch=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{'image': rng.integers(0, 256, (batch, SIZE, SIZE, 3), dtype=np.uint8),
+           'lighting': rng.normal(0, 10, (batch, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, batch).astype(np.int32)} for _ in range(n)]
+
+
+def run(config, data, model_size, batches):
+  """Runs the train step over `batches` on a data x model mesh; returns host results."""
+  mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
+                           jax.devices()[:data * model_size])
+  model = models.AlexNet(**config.model)
+  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 100))
+  state = train.create_train_state(config, model, tx, mesh)
+  step = train.make_train_step(config, model, mesh, state,
+                               jnp.asarray(preprocessing.CHANNEL_MEAN))
+  first_trace, losses = None, []
+  for batch in batches:
+    state, metrics = step(state, train.global_batch(mesh, batch))
+    losses.append(float(metrics['loss']))
+    if first_trace is None:  # After one step the momentum is -lr * (grad + wd * W).
+      first_trace = jax.device_get(optax.tree_utils.tree_get(state.opt_state, 'trace'))
+  return {'loss': np.array(losses), 'params': jax.device_get(state.params),
+          'trace': first_trace, 'step': int(state.step)}
+
+
+def assert_trees_close(a, b, rtol):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    scale = np.abs(x).max() + 1e-12
+    err = np.abs(np.asarray(x) - np.asarray(y)).max() / scale
+    assert err < rtol, f'{jax.tree_util.keystr(path)}: relative error {err:.2e}'
+
+
+@pytest.fixture(scope='module')
+def one_device():
+  return run(small_config(), 1, 1, random_batches(2))
+
+
+@pytest.mark.parametrize('data,model_size', [(1, 2), (2, 2), (2, 1)])
+def test_mesh_equals_one_device(one_device, data, model_size):
+  """Same initial parameters, batches and dropout masks: loss, gradients, parameters."""
+  result = run(small_config(), data, model_size, random_batches(2))
+  np.testing.assert_allclose(result['loss'], one_device['loss'], rtol=1e-5)
+  assert_trees_close(one_device['trace'], result['trace'], 1e-5)  # Gradients.
+  assert_trees_close(one_device['params'], result['params'], 1e-5)
+  assert result['step'] == 2
+
+
+def test_training_reduces_loss_on_a_fixed_batch():
+  config = small_config(dropout_rate=0.0)
+  config.learning_rate = 0.001
+  result = run(config, 1, 2, random_batches(1) * 8)
+  assert result['loss'][-1] < min(np.log(10), 0.7 * result['loss'][0]), result['loss']
+
+
+def test_nonfinite_step_is_skipped_and_reported():
+  config = small_config()
+  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
+                           jax.devices()[:2])
+  model = models.AlexNet(**config.model)
+  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 100))
+  state = train.create_train_state(config, model, tx, mesh)
+  step = train.make_train_step(config, model, mesh, state,
+                               jnp.asarray(preprocessing.CHANNEL_MEAN))
+  before = jax.device_get(state.params)
+  batch = random_batches(1)[0]
+  batch['lighting'][0, 0] = np.nan
+  state, metrics = step(state, train.global_batch(mesh, batch))
+  assert int(metrics['nonfinite']) == 1
+  assert int(state.step) == 1  # Counted, so the data stays aligned with the step.
+  assert_trees_close(before, jax.device_get(state.params), 1e-12)
+
+
+@pytest.mark.parametrize('mesh_config,devices,message', [
+    ({'data': -1, 'model': 3}, 4, r'use 2 \(a column per device'),
+    ({'data': -1, 'model': 2}, 3, 'does not divide the 3 device'),
+    ({'data': 3, 'model': 1}, 4, 'must equal the number of devices'),
+])
+def test_bad_mesh_is_a_clear_error(mesh_config, devices, message):
+  with pytest.raises(ValueError, match=message):
+    train.create_mesh(ml_collections.ConfigDict(mesh_config), jax.devices()[:devices])
+
+
+def test_batch_not_divisible_by_data_axis_is_a_clear_error():
+  config = small_config()
+  config.batch_size = 6
+  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 4, 'model': 1}),
+                           jax.devices()[:4])
+  with pytest.raises(ValueError, match='multiple of the data axis size 4'):
+    train.validate_config(config, mesh)
