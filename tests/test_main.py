@@ -90,7 +90,7 @@ def test_main_writes_metrics_tensorboard_and_checkpoints(uninterrupted):
   evals = [l for l in lines if 'eval_top1_error' in l]
   assert [l['step'] for l in train_lines] == [2, 4, 6]
   assert all(np.isfinite(l['loss']) and l['images_per_sec'] > 0 for l in train_lines)
-  assert all(l['learning_rate'] == pytest.approx(0.01) for l in train_lines)
+  assert all(l['learning_rate'] == pytest.approx(0.0025) for l in train_lines)
   assert [l['step'] for l in evals] == [3, 6]
   assert all(0 <= l['eval_top1_error'] <= l['eval_top1_error'] + l['eval_top5_error'] <= 2
              and l['eval_top5_error'] <= l['eval_top1_error'] for l in evals)
