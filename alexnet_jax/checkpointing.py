@@ -9,9 +9,12 @@ a checkpoint written on a model=2 mesh restores on one device and back.
 """
 
 import os
+import shutil
+import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -27,12 +30,23 @@ def check_writable(workdir):
   """Fails before any compute when `workdir` cannot take checkpoints."""
   probe = os.path.join(workdir, '.write_test')
   try:
+    os.makedirs(workdir, exist_ok=True)
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
     raise OSError(f'The workdir {workdir!r} is not writable ({e.strerror}); checkpoints '
                   'could not be saved. Choose another --workdir or free space.') from e
+
+
+def check_space(workdir, state):
+  """Fails before training when the disk cannot hold another checkpoint of `state`."""
+  need = sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, 'nbytes'))
+  free = shutil.disk_usage(workdir).free
+  if free < need * 1.2:
+    raise OSError(f'The disk of {workdir!r} has {free / 2**20:.0f} MiB free; a checkpoint '
+                  f'needs about {need / 2**20:.0f} MiB. Free space or choose another '
+                  '--workdir.')
 
 
 def create_manager(workdir, config):
@@ -42,13 +56,42 @@ def create_manager(workdir, config):
                                            create=True, cleanup_tmp_directories=True))
 
 
-def save(manager, step, state, config):
-  """Saves asynchronously; the caller's `manager.wait_until_finished()` makes it final."""
+def _save_failed(manager, step, workdir, error):
+  # The failed save is the one whose temporary directory orbax left behind.
+  for name in os.listdir(manager.directory):
+    if '.orbax-checkpoint-tmp' in name and name.split('.')[0].isdigit():
+      step = int(name.split('.')[0])
+  good = [s for s in manager.all_steps() if s != step]
+  return OSError(
+      f'Saving the checkpoint of step {step} in {checkpoint_dir(workdir)} failed ({error}). '
+      f'Earlier checkpoints are intact (latest: {max(good) if good else "none"}): free '
+      'space or fix the disk, then rerun with the same --workdir to resume.')
+
+
+def save(manager, step, state, config, workdir=''):
+  """Saves asynchronously; `finish` (or the next save) makes it final.
+
+  Orbax writes into a temporary directory and renames it when complete, so a failed or
+  interrupted save leaves the earlier checkpoints as they were.
+  """
   if step in manager.all_steps():
     return
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      config=ocp.args.JsonSave(config.to_dict())))
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        config=ocp.args.JsonSave(config.to_dict())))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_failed(manager, step, workdir, e) from e
+
+
+def finish(manager, workdir=''):
+  """Waits for the last save and closes the manager; a failed save is a clear error."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_failed(manager, manager.latest_step(), workdir, e) from e
+  finally:
+    manager.close()
 
 
 def _abstract(tree):
@@ -65,6 +108,20 @@ def check_compatible(saved, config, directory):
                      'workdir.')
 
 
+def _set_aside(manager, step, error):
+  """Renames an unreadable checkpoint to <step>.corrupt-<time>, kept for inspection."""
+  path = os.path.join(str(manager.directory), str(step))
+  aside = f'{path}.corrupt-{int(time.time())}'
+  if jax.process_index() == 0:
+    os.rename(path, aside)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+  manager.reload()
+  logging.error('Checkpoint %s is unreadable or incomplete (%s: %s); moved it to %s and '
+                'trying the previous one.', path, type(error).__name__,
+                str(error).splitlines()[0][:300] if str(error) else '', aside)
+
+
 def restore_latest(manager, state, config):
   """Returns the latest good checkpoint's state, or `state` when there is none.
 
@@ -77,16 +134,14 @@ def restore_latest(manager, state, config):
       saved_config = manager.restore(step, args=ocp.args.Composite(
           config=ocp.args.JsonRestore()))['config']
     except Exception as e:  # pylint: disable=broad-except
-      logging.error('Checkpoint %s/%d is unreadable (%s); trying the previous one.',
-                    directory, step, e)
+      _set_aside(manager, step, e)
       continue
     check_compatible(saved_config, config, directory)
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(_abstract(state))))['state']
     except Exception as e:  # pylint: disable=broad-except
-      logging.error('Checkpoint %s/%d is corrupt (%s); trying the previous one.',
-                    directory, step, e)
+      _set_aside(manager, step, e)
       continue
     logging.info('Resumed from %s/%d.', directory, step)
     return restored

@@ -96,13 +96,6 @@ def extract_split(workdir, layers, split='validation', data='', batch_size=64, s
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
-flags.DEFINE_list('layer', ['fc7'], f'Layer(s) to extract, from {models.LAYERS}.')
-flags.DEFINE_string('data', '', "Image folder root or TFDS name; default: the run's data.")
-flags.DEFINE_string('split', 'validation', 'Split (sub-folder) to extract.')
-flags.DEFINE_string('out', None, 'Output .npz file.')
-flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
-flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
 
 
 def main(argv):
@@ -113,6 +106,18 @@ def main(argv):
   print(f'Wrote {FLAGS.out}: ' + ', '.join(f'{k} {v.shape}' for k, v in feats.items()))
 
 
+def define_flags():
+  """Command-line flags, defined only when this module is the program."""
+  flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
+  flags.DEFINE_list('layer', ['fc7'], f'Layer(s) to extract, from {models.LAYERS}.')
+  flags.DEFINE_string('data', '', "Image folder root or TFDS name; default: the run's data.")
+  flags.DEFINE_string('split', 'validation', 'Split (sub-folder) to extract.')
+  flags.DEFINE_string('out', None, 'Output .npz file.')
+  flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
+
+
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['workdir', 'out'])
   app.run(main)

@@ -31,19 +31,6 @@ from alexnet_jax import preprocessing
 
 COMMANDS = ('imagenet2012', 'resize', 'mean', 'split-folder', 'sample')
 FLAGS = flags.FLAGS
-flags.DEFINE_string('dataset', 'folder', "'folder' or a TFDS name (resize, mean).")
-flags.DEFINE_string('data_dir', '', 'Folder root or TFDS data_dir (imagenet2012, resize, mean).')
-flags.DEFINE_string('manual_dir', '', 'Folder with the official ILSVRC2012 tars (imagenet2012).')
-flags.DEFINE_list('splits', ['train', 'validation'], 'Splits to resize.')
-flags.DEFINE_string('split', 'train', 'Split to average (mean).')
-flags.DEFINE_string('src', '', 'Folder of class folders (split-folder).')
-flags.DEFINE_string('tar', '', 'Imagenette tar (sample).')
-flags.DEFINE_string('out', '', 'Output folder (resize, split-folder, sample).')
-flags.DEFINE_integer('size', 256, 'Stored image side (resize).')
-flags.DEFINE_integer('quality', 95, 'JPEG quality of written images (resize, sample).')
-flags.DEFINE_float('holdout', 0.1, 'Fraction of each class held out (split-folder).')
-flags.DEFINE_integer('train_per_class', 50, 'Training images per class (sample).')
-flags.DEFINE_integer('eval_per_class', 20, 'Held-out images per class (sample).')
 
 
 def prepare_imagenet2012(data_dir, manual_dir):
@@ -167,5 +154,23 @@ def main(argv):
                FLAGS.eval_per_class)
 
 
+def define_flags():
+  """Command-line flags, defined only when this module is the program."""
+  flags.DEFINE_string('dataset', 'folder', "'folder' or a TFDS name (resize, mean).")
+  flags.DEFINE_string('data_dir', '', 'Folder root or TFDS data_dir (imagenet2012, resize, mean).')
+  flags.DEFINE_string('manual_dir', '', 'Folder with the official ILSVRC2012 tars (imagenet2012).')
+  flags.DEFINE_list('splits', ['train', 'validation'], 'Splits to resize.')
+  flags.DEFINE_string('split', 'train', 'Split to average (mean).')
+  flags.DEFINE_string('src', '', 'Folder of class folders (split-folder).')
+  flags.DEFINE_string('tar', '', 'Imagenette tar (sample).')
+  flags.DEFINE_string('out', '', 'Output folder (resize, split-folder, sample).')
+  flags.DEFINE_integer('size', 256, 'Stored image side (resize).')
+  flags.DEFINE_integer('quality', 95, 'JPEG quality of written images (resize, sample).')
+  flags.DEFINE_float('holdout', 0.1, 'Fraction of each class held out (split-folder).')
+  flags.DEFINE_integer('train_per_class', 50, 'Training images per class (sample).')
+  flags.DEFINE_integer('eval_per_class', 20, 'Held-out images per class (sample).')
+
+
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -6,7 +6,6 @@ state leaf shaped like one, is split on its last axis (`partition_spec`, the one
 layout is declared). The batch is split over 'data' and replicated over 'model'.
 """
 
-import functools
 import json
 import os
 import signal
@@ -14,7 +13,6 @@ import time
 from typing import Any
 
 from absl import logging
-import flax
 from flax.training import train_state
 import jax
 from jax import lax
@@ -241,8 +239,37 @@ def validate_config(config, mesh):
   if config.model.columns == 2 and mesh.shape['model'] not in (1, 2):
     raise ValueError(f'config.mesh.model={mesh.shape["model"]}: the two-column network '
                      'runs with model=1 or model=2.')
-  if config.on_nan not in ('stop', 'skip'):
-    raise ValueError(f"config.on_nan={config.on_nan!r}: use 'stop' or 'skip'.")
+  checks = [
+      (config.on_nan in ('stop', 'skip'), "on_nan={!r}: use 'stop' or 'skip'", 'on_nan'),
+      (config.schedule in optimizer.SCHEDULES, 'schedule={!r}: use one of '
+       + str(optimizer.SCHEDULES), 'schedule'),
+      (0 <= config.momentum < 1, 'momentum={} must be in [0, 1)', 'momentum'),
+      (config.weight_decay >= 0, 'weight_decay={} must be >= 0', 'weight_decay'),
+      (0 <= config.model.dropout_rate < 1, 'model.dropout_rate={} must be in [0, 1)',
+       'model.dropout_rate'),
+      (config.model.num_classes >= 1, 'model.num_classes={} must be >= 1',
+       'model.num_classes'),
+      (config.model.columns in (1, 2), 'model.columns={}: use 1 or 2', 'model.columns'),
+      (config.data.eval_views in (1, 10), 'data.eval_views={}: use 1 or 10',
+       'data.eval_views'),
+      (0 < config.data.image_size <= config.data.resize_size,
+       'data.image_size={} must be positive and at most data.resize_size', 'data.image_size'),
+      (config.data.std > 0, 'data.std={} must be positive', 'data.std'),
+      (config.data.pca_lighting_std >= 0, 'data.pca_lighting_std={} must be >= 0',
+       'data.pca_lighting_std'),
+      (config.num_epochs > 0 or config.num_train_steps > 0,
+       'num_epochs={} and num_train_steps: one must be positive', 'num_epochs'),
+  ]
+  for ok, message, field in checks:
+    if not ok:
+      value = config
+      for part in field.split('.'):
+        value = value[part]
+      raise ValueError('config.' + message.format(value) + '.')
+  for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+               'keep_checkpoints'):
+    if config[name] < 1:
+      raise ValueError(f'config.{name}={config[name]} must be >= 1.')
 
 
 class MetricsWriter:
@@ -291,7 +318,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep the accelerators for JAX.
   mesh = create_mesh(config.mesh)
   validate_config(config, mesh)
-  os.makedirs(workdir, exist_ok=True)
   checkpointing.check_writable(workdir)
   model = models.AlexNet(**config.model)
   num_train = input_pipeline.num_examples(config.data, config.data.train_split)
@@ -306,6 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mean = jnp.asarray(input_pipeline.mean(config.data, config.data.image_size))
 
   state = create_train_state(config, model, tx, mesh)
+  checkpointing.check_space(workdir, state)
   manager = checkpointing.create_manager(workdir, config)
   state = checkpointing.restore_latest(manager, state, config)
   start_step = int(state.step)
@@ -377,13 +404,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if pending is not None:
           check(*pending)
           pending = None
-        checkpointing.save(manager, step, state, config)
+        checkpointing.save(manager, step, state, config, workdir)
       if preempted.flag:
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting.', step)
         break
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    checkpointing.finish(manager, workdir)
     progress.close()
     writer.close()
     preempted.restore()

@@ -24,3 +24,12 @@ def shared_data():
     raise FileNotFoundError(f'{SHARED_DATA}/imagenette224-train.tar is missing; set '
                             'ALEXNET_SHARED_DATA to the folder that holds it.')
   return SHARED_DATA
+
+
+@pytest.fixture(scope='session')
+def uninterrupted(tmp_path_factory):
+  """A 6-step run of main on the sample (tests/runs.py), checkpointing every 2 steps."""
+  from tests import runs  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  runs.run_main(workdir, '--config.checkpoint_every_steps=2', '--config.eval_every_steps=3')
+  return workdir

@@ -14,7 +14,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import preprocessing
 from tests.conftest import REPO
-from tests.test_main import run_main
+from tests.runs import run_main
 
 
 @pytest.fixture(scope='module')

@@ -1,21 +1,17 @@
 """The main job end to end on the embedded sample: metrics, checkpoints, resume, multi-host.
 
-Runs use 67 x 67 crops of 76 x 76 images (the network's structure at a fraction of the
-cost) and a few steps; each run is its own process, as a user's would be.
+Each run is its own process, as a user's would be, with tiny settings (tests/runs.py).
 """
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from alexnet_jax import checkpointing
@@ -24,64 +20,12 @@ from alexnet_jax import optimizer
 from alexnet_jax import train
 from configs import sample
 from tests.conftest import REPO
-
-TINY = ['--config.data.image_size=67', '--config.data.resize_size=76',
-        '--config.batch_size=8', '--config.eval_batch_size=40', '--config.log_every_steps=2',
-        '--config.data.eval_views=1']
-
-
-def main_command(workdir, *overrides, steps=6):
-  return [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/sample.py',
-          f'--workdir={workdir}', f'--config.num_train_steps={steps}', *TINY, *overrides]
-
-
-def environment(devices=1, **extra):
-  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2', **extra)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
-
-
-def run_main(workdir, *overrides, steps=6, devices=1, check=True, **extra):
-  result = subprocess.run(main_command(workdir, *overrides, steps=steps), cwd=REPO,
-                          env=environment(devices, **extra), capture_output=True,
-                          text=True, timeout=600)
-  if check and result.returncode:
-    raise AssertionError(result.stderr[-3000:])
-  return result
-
-
-def metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
-def final_params(workdir):
-  """The latest checkpoint's parameters as NumPy arrays, read with orbax directly."""
-  directory = checkpointing.checkpoint_dir(workdir)
-  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    path = os.path.join(directory, str(step), 'state')
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                            checkpointer.metadata(path).item_metadata.tree)
-    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-  return step, state['params']
-
-
-def assert_trees_equal(a, b, rtol=0.0):
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    if rtol:
-      np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * np.abs(x).max(),
-                                 err_msg=jax.tree_util.keystr(path))
-    else:
-      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-
-
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  """A 6-step run of main on the sample, checkpointing every 2 steps."""
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  run_main(workdir, '--config.checkpoint_every_steps=2', '--config.eval_every_steps=3')
-  return workdir
+from tests.runs import assert_trees_equal
+from tests.runs import environment
+from tests.runs import final_params
+from tests.runs import main_command
+from tests.runs import metrics
+from tests.runs import run_main
 
 
 def test_main_writes_metrics_tensorboard_and_checkpoints(uninterrupted):
@@ -201,8 +145,3 @@ def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
   assert f'latest: step {step})' in result.stderr
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
-
-def test_unknown_config_field_fails_before_compute(tmp_path):
-  result = run_main(tmp_path, '--config.learning_rat=0.1', check=False)
-  assert result.returncode != 0 and 'learning_rat' in result.stderr
-  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
