@@ -4,7 +4,7 @@ Imagenette comes as ImageFolder-style JPEGs (../shared/data has the training ima
 
     tar xf imagenette224-train.tar -C /tmp
     python -m alexnet_jax.prepare split-folder --src=/tmp/imagenette224/train \
-        --dst=/tmp/imagenette --holdout=0.1
+        --out=/tmp/imagenette --holdout=0.1
     python -m alexnet_jax.main --config=configs/imagenette.py \
         --config.data.data_dir=/tmp/imagenette --workdir=/tmp/alexnet_imagenette
 
