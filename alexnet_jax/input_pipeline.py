@@ -240,8 +240,9 @@ def _tfds_stream(data, split, *, train, seed, shard, first_epoch, skip, batch):
 # --------------------------------------------------------------------------- decoding --
 
 def _encoded(ex):
-  return tf.cond(tf.strings.length(ex['path']) > 0,
-                 lambda: tf.io.read_file(ex['path']), lambda: ex['encoded'])
+  """The image's bytes: held in the example (TFDS, a cached folder) or read from its path."""
+  return tf.cond(tf.strings.length(ex['encoded']) > 0,
+                 lambda: ex['encoded'], lambda: tf.io.read_file(ex['path']))
 
 
 def _train_example(ex, seed, image_size, data):

@@ -348,8 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       train=True, seed=config.seed, start_step=start_step,
       image_size=config.data.image_size, shard=data_shard(mesh))
   preempted = _Preempted()
-  progress = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_main,
-                       dynamic_ncols=True, desc='train')
+  # disable=None: no bar where stderr is not a terminal (logs, notebooks).
+  progress = tqdm.tqdm(total=total_steps, initial=start_step,
+                       disable=None if is_main else True, dynamic_ncols=True, desc='train')
   pending = None  # The previous step's metrics: read one step late, keeping the device busy.
   skipped = 0
   t0, n0 = time.perf_counter(), start_step
