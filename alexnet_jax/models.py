@@ -20,6 +20,10 @@ column-local layers hold the input channels of one column, as a grouped convolut
 
 Named activations (``LAYERS``) come from the same definition, for feature extraction:
 ``model.apply(variables, x, train=False, return_features=True)`` returns a dict of them.
+
+For speed, LRN, max pooling and conv1 have hand-written gradients (``jax.custom_vjp``;
+benchmarks/NOTES.md): the network supports reverse mode (``jax.grad``, ``jax.vjp``) but
+not forward mode (``jax.jvp``).
 """
 
 import functools
@@ -48,6 +52,9 @@ def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1):
   in the original code's, Caffe's and PyTorch's convention (divided by ``size``); the
   paper's text read literally is ``alpha = 5e-4`` for size 5.
 
+  The gradient is written by hand (``_lrn``): autodiff of this formula is ~5x slower on
+  XLA:CPU (benchmarks/NOTES.md). Reverse mode only: no ``jax.jvp`` through it.
+
   Args:
     x: [..., channels].
     groups: the channel axis is split into this many equal groups (the columns) and the
@@ -55,14 +62,129 @@ def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1):
   Returns:
     Same shape and dtype as x; the normaliser is computed in float32.
   """
-  c = x.shape[-1] // groups
-  xg = x.reshape(x.shape[:-1] + (groups, c))
-  sq = jnp.square(xg.astype(jnp.float32))
-  before = size // 2
-  sq = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(before, size - 1 - before)])
-  window = sum(sq[..., i:i + c] for i in range(size))
-  y = xg * (k + (alpha / size) * window) ** -beta
-  return y.reshape(x.shape).astype(x.dtype)
+  return _lrn(x, size, float(k), float(alpha), float(beta), groups)
+
+
+def _channel_window_sum(v, size, groups, transpose=False):
+  """Sums v [..., channels] over windows of ``size`` channels within each group.
+
+  Window i is channels i - size // 2 .. i + (size - 1 - size // 2), clipped at the group's
+  ends; ``transpose`` gives the transposed (mirrored) window, which the gradient needs.
+  """
+  c = v.shape[-1] // groups
+  vg = v.reshape(v.shape[:-1] + (groups, c))
+  before, after = size // 2, size - 1 - size // 2
+  if transpose:
+    before, after = after, before
+  w = lax.reduce_window(vg, 0.0, lax.add, (1,) * (vg.ndim - 1) + (size,), (1,) * vg.ndim,
+                        [(0, 0)] * (vg.ndim - 1) + [(before, after)])
+  return w.reshape(v.shape)
+
+
+def _power(s, beta):
+  """s ** beta; the paper's beta = 0.75 as sqrt(s) * sqrt(sqrt(s)), ~3x faster than pow."""
+  if beta == 0.75:
+    r = jnp.sqrt(s)
+    return r * jnp.sqrt(r)
+  return s ** beta
+
+
+def _lrn_denominator(x, size, k, alpha, beta, groups):
+  """(s, s ** beta) in float32, s = k + alpha / size * window sum of x^2."""
+  xf = x.astype(jnp.float32)
+  s = k + (alpha / size) * _channel_window_sum(xf * xf, size, groups)
+  return s, _power(s, beta)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _lrn(x, size, k, alpha, beta, groups):
+  # A division, not a multiplication by s ** -beta: XLA:CPU then materialises the output
+  # instead of recomputing it inside each consumer (the pool and its four users).
+  _, d = _lrn_denominator(x, size, k, alpha, beta, groups)
+  return (x.astype(jnp.float32) / d).astype(x.dtype)
+
+
+def _lrn_fwd(x, size, k, alpha, beta, groups):
+  return _lrn(x, size, k, alpha, beta, groups), x  # s is recomputed: cheaper than storing.
+
+
+def _lrn_bwd(size, k, alpha, beta, groups, x, g):
+  # With d = s ** beta: dx_j = g_j / d_j
+  #   - 2 alpha beta / size * x_j * sum_{i: j in window(i)} g_i x_i / (d_i s_i).
+  s, d = _lrn_denominator(x, size, k, alpha, beta, groups)
+  xf, gf = x.astype(jnp.float32), g.astype(jnp.float32)
+  t = _channel_window_sum(gf * xf / (d * s), size, groups, transpose=True)
+  return ((gf / d - (2.0 * alpha * beta / size) * xf * t).astype(x.dtype),)
+
+
+_lrn.defvjp(_lrn_fwd, _lrn_bwd)
+
+
+def _pool_windows(x, window, stride):
+  """The window * window strided slices of x [b, h, w, c] whose max is the 'VALID' pool."""
+  b, h, w, c = x.shape
+  ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
+  for i in range(window):
+    for j in range(window):
+      yield i, j, lax.slice(x, (0, i, j, 0),
+                            (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                            (1, stride, stride, 1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x, window, stride):
+  """'VALID' max pooling of x [b, h, w, c]; the same values and gradient as nn.max_pool.
+
+  The gradient goes to the first maximum of each window in row-major order, as XLA's
+  select_and_scatter and PyTorch route it, but is built from slices and pads: XLA:CPU's
+  select_and_scatter (autodiff of reduce_window) is 2-10x slower (benchmarks/NOTES.md).
+  """
+  out = None
+  for _, _, s in _pool_windows(x, window, stride):
+    out = s if out is None else jnp.maximum(out, s)
+  return out
+
+
+def _max_pool_fwd(x, window, stride):
+  out = max_pool(x, window, stride)
+  return out, (x, out)
+
+
+def _max_pool_bwd(window, stride, res, g):
+  x, out = res
+  b, h, w, c = x.shape
+  ho, wo = out.shape[1:3]
+  # Which tap of its window (row-major) each output's first maximum came from.
+  taps = list(_pool_windows(x, window, stride))
+  first = jnp.full(out.shape, len(taps) - 1, jnp.int32)
+  for k in range(len(taps) - 2, -1, -1):
+    first = jnp.where(taps[k][2] == out, k, first)
+  # Tap (i, j) of output (p, q) is input (stride p + i, stride q + j). Split i = stride a
+  # + r: the inputs of row phase r are an output-grid sum of shifted taps, so the scatter
+  # is a few shifts on the small grid and one interleave of the stride x stride phases.
+  n = -(-window // stride)  # Taps per phase along an axis.
+  zero = jnp.zeros((), g.dtype)
+  rows = []
+  for r in range(stride):
+    cols = []
+    for q in range(stride):
+      phase = jnp.zeros((b, ho + n - 1, wo + n - 1, c), g.dtype)
+      for k, (i, j, _) in enumerate(taps):
+        if i % stride == r and j % stride == q:
+          a, e = i // stride, j // stride
+          phase = phase + lax.pad(jnp.where(first == k, g, zero), zero,
+                                  ((0, 0, 0), (a, n - 1 - a, 0), (e, n - 1 - e, 0),
+                                   (0, 0, 0)))
+      cols.append(phase)
+    rows.append(jnp.stack(cols, axis=3))
+  dx = jnp.stack(rows, axis=2).reshape(b, (ho + n - 1) * stride, (wo + n - 1) * stride, c)
+  # Rows and columns past the last window are zero: trim or pad to the input's size.
+  dx = lax.pad(dx, zero, ((0, 0, 0), (0, h - dx.shape[1], 0), (0, w - dx.shape[2], 0),
+                          (0, 0, 0)))
+  return (dx,)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def spatial_norm(x, *, size=5, scale=4e-5, power=0.75):
@@ -82,7 +204,8 @@ def initializers(scheme, layer):
 
   'paper': weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0
     (Section 5). 'original_code': the same but conv3-conv5 weights N(0, 0.03)
-    (layer-params-145.cfg). 'he': He-normal weights, zero biases, for modern training.
+    (layer-params-145.cfg). 'he': He-normal weights, zero biases, for modern training
+    (with inputs divided by the pixels' standard deviation: config.data.std, preset 'he').
   """
   if scheme not in INITS:
     raise ValueError(f'model.init_scheme={scheme!r}: choose one of {INITS}.')
@@ -91,6 +214,75 @@ def initializers(scheme, layer):
   std = 0.03 if scheme == 'original_code' and layer in ('conv3', 'conv4', 'conv5') else 0.01
   bias = 1.0 if layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
   return nn.initializers.normal(std), nn.initializers.constant(bias)
+
+
+_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv(x, kernel, stride, padding):
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                  dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def strided_conv(x, kernel, stride, padding, data_axis=None):
+  """NHWC convolution, stride > 1, whose kernel gradient on CPU is a sum of GEMMs.
+
+  XLA:CPU computes conv1's kernel gradient (11 x 11, stride 4, 3 channels: a convolution
+  with rhs dilation 4) 2-4x slower than per-image patch GEMMs (benchmarks/NOTES.md);
+  other backends (chosen by jax.default_backend() when tracing) keep XLA's gradient. x: [b, h, w, c]; kernel: [k, k, c, f];
+  padding: 'VALID' or ((top, bottom), (left, right)); data_axis: inside shard_map, the
+  axis the batch is split over (the kernel gradient is summed over it).
+  """
+  del data_axis
+  return _conv(x, kernel, stride, padding)
+
+
+def _strided_conv_fwd(x, kernel, stride, padding, data_axis):
+  return strided_conv(x, kernel, stride, padding, data_axis), (x, kernel)
+
+
+def _strided_conv_bwd(stride, padding, data_axis, res, g):
+  x, kernel = res
+  # The image gradient is dead code in training and removed by XLA.
+  dx = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)[1](g)[0]
+  if jax.default_backend() != 'cpu':
+    return dx, jax.vjp(lambda k: _conv(x, k, stride, padding), kernel)[1](g)[0]
+  dk = _kernel_grad_patches(x, g, kernel.shape[0], stride, padding).astype(kernel.dtype)
+  # What autodiff does for a kernel replicated over the data axis: sum the shards' parts.
+  return dx, dk if data_axis is None else lax.psum(dk, data_axis)
+
+
+strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
+def _kernel_grad_patches(x, g, k, stride, padding):
+  """d loss / d kernel [k, k, c, f] of _conv(x, kernel) from g [b, oh, ow, f].
+
+  Per image: space-to-depth (stride x stride blocks, so the k x k window is
+  ceil(k / stride)^2 block taps), the patch matrix [oh * ow, taps * stride^2 * c], one
+  GEMM with g; one image per scan step, so a patch matrix stays in cache.
+  """
+  b, h, w, c = x.shape
+  _, oh, ow, f = g.shape
+  (top, _), (left, _) = ((0, 0), (0, 0)) if padding == 'VALID' else padding
+  kb = -(-k // stride)  # Window size in blocks.
+  hb, wb = oh + kb - 1, ow + kb - 1  # Input size in blocks.
+  # Rows and columns past the last window meet only taps beyond k, dropped at the end.
+  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, hb * stride - h - top, 0),
+                                         (left, wb * stride - w - left, 0), (0, 0, 0)))
+  x = x.reshape(b, hb, stride, wb, stride, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, hb, wb, stride * stride * c)
+
+  def one_image(_, image_and_g):
+    xi, gi = image_and_g
+    p = jnp.concatenate([xi[a:a + oh, e:e + ow] for a in range(kb) for e in range(kb)], -1)
+    return None, jnp.dot(p.reshape(oh * ow, -1).T, gi.reshape(oh * ow, f),
+                         preferred_element_type=jnp.float32)
+
+  _, per_image = lax.scan(one_image, None, (x, g))  # [b, taps * stride^2 * c, f]
+  dk = per_image.sum(0).reshape(kb, kb, stride, stride, c, f).transpose(0, 2, 1, 3, 4, 5)
+  return dk.reshape(kb * stride, kb * stride, c, f)[:k, :k]
 
 
 class Conv(nn.Module):
@@ -109,6 +301,7 @@ class Conv(nn.Module):
   kernel_init: Any = nn.initializers.normal(0.01)
   bias_init: Any = nn.initializers.zeros
   dtype: Any = jnp.float32
+  data_axis: str | None = None  # Inside shard_map: the axis the batch is split over.
 
   @nn.compact
   def __call__(self, x):
@@ -120,7 +313,9 @@ class Conv(nn.Module):
     conv = functools.partial(
         lax.conv_general_dilated, window_strides=(self.strides, self.strides),
         padding=self.padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    if self.groups == 1:
+    if self.groups == 1 and self.strides > 1 and self.padding != 'SAME':
+      y = strided_conv(x, kernel, self.strides, self.padding, self.data_axis)
+    elif self.groups == 1:
       y = conv(x, kernel)
     elif self.group_impl == 'feature_group':
       y = conv(x, kernel, feature_group_count=self.groups)
@@ -197,7 +392,8 @@ class AlexNet(nn.Module):
     def conv(name, x, kernel_size, stride=1, padding='SAME', groups=1):
       kernel_init, bias_init = initializers(self.init_scheme, name)
       return Conv(WIDTHS[name] // shards, kernel_size, stride, padding, groups,
-                  self.group_impl, kernel_init, bias_init, dtype, name=name)(x)
+                  self.group_impl, kernel_init, bias_init, dtype, self.data_axis,
+                  name=name)(x)
 
     def dense(name, x, features):
       kernel_init, bias_init = initializers(self.init_scheme, name)
@@ -211,7 +407,7 @@ class AlexNet(nn.Module):
                                  alpha=self.lrn_alpha, beta=self.lrn_beta, groups=groups)
 
     def pool(x):
-      return nn.max_pool(x, (self.pool_window,) * 2, (self.pool_stride,) * 2, 'VALID')
+      return max_pool(x, self.pool_window, self.pool_stride)
 
     def both_columns(x):
       """[..., local channels] -> [..., all channels], for the layers that cross."""

@@ -1,7 +1,10 @@
 """The input pipeline on real JPEGs: the embedded sample and images made here."""
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import tensorflow as tf
 from alexnet_jax import input_pipeline
 from alexnet_jax import preprocessing
 from configs import sample
+from tests.conftest import REPO
 
 
 def data_config(**overrides):
@@ -280,3 +284,17 @@ def test_training_skips_bad_images_and_keeps_full_batches(bad_folder):
   with pytest.raises(ValueError, match='Cannot decode image'):
     take(input_pipeline.create_split(data, 'train', global_batch_size=2, train=True,
                                      shard=(0, 1)), 10)
+
+
+def test_benchmark_fast_mode_writes_json(tmp_path):
+  """benchmarks/input_pipeline.py runs (a few batches) and reports per-core throughput."""
+  out = tmp_path / 'ip.json'
+  proc = subprocess.run([sys.executable, '-m', 'benchmarks.input_pipeline', '--fast',
+                         f'--out={out}'], cwd=REPO, capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result['cores'] >= 1 and result['train_images_per_sec_per_core'] > 0
+  assert result['train_images_per_sec_per_core'] * result['cores'] == pytest.approx(
+      result['train_images_per_sec'])
+  assert 'images/s/core' in proc.stdout

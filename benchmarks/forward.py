@@ -1,0 +1,100 @@
+"""Inference (feature extraction) throughput of alexnet_jax against the PyTorch peer.
+
+    python -m benchmarks.forward --out benchmarks/results/forward_cpu.json
+    python -m benchmarks.forward --mesh_model 2      # the model-parallel evaluation step
+
+alexnet_jax, --mesh_model 1: `features.make_extract_fn` (uint8 images normalised on the
+device, the forward pass in eval mode, the --layer activations returned), on one device.
+--mesh_model 2: the model-parallel forward of `train.make_eval_step` (logits, softmax and
+top-1/top-5 counts) with a column on each device. The peer: tests/torch_alexnet.py's
+`features(x)[layer]` in eval mode under torch.inference_mode, channels_last, bfloat16
+autocast with --dtype bfloat16, torch.compile'd with --peer_compile.
+"""
+
+from benchmarks import common
+
+
+def jax_runner(args, batch, rng):
+  """(run one batch, wait, devices used) for alexnet_jax's forward pass."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import features, models, optimizer, preprocessing, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from configs import alexnet  # pylint: disable=g-import-not-at-top
+
+  config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
+  config.data.image_size = size = args.image_size
+  model = models.AlexNet(**config.model)
+  images = rng.integers(1, 256, (batch, size, size, 3), dtype=np.uint8)
+  mean = jnp.asarray(preprocessing.CHANNEL_MEAN)
+  if args.mesh_model == 1:
+    device = jax.devices()[0]
+    params = jax.jit(lambda: model.init({'params': jax.random.key(0)},
+                                        jnp.zeros((1, size, size, 3)), train=False)['params'],
+                     out_shardings=jax.sharding.SingleDeviceSharding(device))()
+    fn = features.make_extract_fn(model, [args.layer], mean)
+    data = jax.device_put(images, device)
+    call, devices = (lambda: fn(params, data)), [device]
+  else:
+    config.mesh.model, config.mesh.data = args.mesh_model, -1
+    mesh = train.create_mesh(config.mesh)
+    tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 1000))
+    params = train.create_train_state(config, model, tx, mesh).params
+    fn = train.make_eval_step(model, mesh, params, mean)
+    data = train.global_batch(mesh, {
+        'image': images, 'label': rng.integers(0, 1000, batch).astype(np.int32),
+        'mask': np.ones(batch, bool)})
+    call, devices = (lambda: fn(params, data)), list(mesh.devices.flat)
+  box = {}
+
+  def run():
+    box['out'] = call()
+
+  def wait():
+    jax.block_until_ready(box.get('out'))
+
+  for _ in range(1 + args.warmup):
+    run()
+  wait()
+  if not all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(box['out'])):
+    raise FloatingPointError('alexnet_jax: non-finite outputs on the benchmark batch.')
+  return run, wait, devices
+
+
+def peer_runner(args, batch, rng, log, compile_it):
+  """(run one batch, wait, peak-memory function, settings) for the PyTorch peer."""
+  torch, device, autocast = common.torch_setup(args)
+  start_bytes = common.torch_memory_start(torch, device)
+  model = common.torch_peer(args, device).eval()
+  x = common.peer_input(torch, args, device, batch, rng)
+  layer = args.layer if args.mesh_model == 1 else 'logits'
+
+  def forward():
+    with torch.inference_mode(), autocast():
+      return model.features(x)[layer]
+
+  run, compiled = common.maybe_compile(torch, forward, compile_it, log)
+  wait = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  for _ in range(1 + args.warmup):
+    out = run()
+  wait()
+  if not torch.isfinite(out).all().item():
+    raise FloatingPointError('peer: non-finite outputs on the benchmark batch.')
+  peak = common.torch_memory_peak(torch, device, start_bytes)
+  settings = {'peer_device': device, 'peer_compiled': compiled,
+              'peer_channels_last': args.peer_channels_last,
+              'peer_autocast': args.dtype == 'bfloat16', 'torch_threads': torch.get_num_threads()}
+  return run, wait, lambda: peak, settings
+
+
+def main(argv=None):
+  p = common.parser(__doc__.splitlines()[0])
+  p.add_argument('--layer', default='fc7', help='Layer to extract (--mesh_model 1).')
+  args = common.parse(p, argv)
+  extra = ({'jax_fn': 'features.make_extract_fn', 'layer': args.layer}
+           if args.mesh_model == 1 else {'jax_fn': 'train.make_eval_step', 'layer': 'logits'})
+  return common.run(args, 'forward', jax_runner, peer_runner, common.FORWARD_FLOPS, extra)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,134 @@
+"""The benchmarks run and report; the faster formulations they led to compute the same thing.
+
+benchmarks/train_step.py and benchmarks/forward.py run in --fast mode (batch 2, one timed
+step per repeat) as the README's commands run them, and must write JSON with positive
+finite throughputs. The speed-ups in models.py (hand-written gradients for LRN and max
+pooling) are checked against PyTorch's autograd, an independent implementation.
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet_jax import models
+from tests import torch_alexnet
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REQUIRED = ('jax_img_per_s', 'peer_img_per_s', 'ratio', 'device', 'batch', 'dtype')
+
+
+def run_benchmark(module, tmp_path, *flags):
+  out = tmp_path / f'{module}.json'
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # Not the tests' four emulated devices: the script decides.
+  proc = subprocess.run(
+      [sys.executable, '-m', f'benchmarks.{module}', '--fast', '--out', str(out), *flags],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return json.loads(out.read_text()), proc.stdout
+
+
+FLOPS = {'train_step': 4.35e9, 'forward': 1.449e9}  # Per image (performance.md).
+
+
+@pytest.mark.parametrize('module,mesh_model', [('train_step', 1), ('train_step', 2),
+                                               ('forward', 1), ('forward', 2)])
+def test_benchmark_fast_mode_writes_results(module, mesh_model, tmp_path):
+  result, stdout = run_benchmark(module, tmp_path, '--mesh_model', str(mesh_model),
+                                 '--peak_tflops', '0.1')
+  assert result['meta']['benchmark'] == module
+  (row,) = result['rows']
+  assert set(REQUIRED) <= set(row)
+  for key in ('jax_img_per_s', 'peer_img_per_s', 'ratio'):
+    assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+  assert row['ratio'] == pytest.approx(row['jax_img_per_s'] / row['peer_img_per_s'])
+  assert row['batch'] == 2 and row['dtype'] == 'float32'
+  assert row['mesh_model'] == mesh_model and row['device_count'] == mesh_model
+  assert row['device'] and len(row['jax_repeats']) == len(row['peer_repeats']) == 2
+  # MFU = images/s x FLOPs per image / peak FLOP/s of the devices used.
+  peak = 0.1e12 * mesh_model
+  assert row['jax_mfu'] == pytest.approx(row['jax_img_per_s'] * FLOPS[module] / peak)
+  assert row['peer_mfu'] == pytest.approx(row['peer_img_per_s'] * FLOPS[module] / peak)
+  assert 'ratio' in stdout and 'jax img/s' in stdout  # The printed table.
+
+
+# --- The speed-ups compute the same gradients as PyTorch's autograd -------------------
+
+
+def nchw(x):
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def nhwc(t):
+  return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize('size,beta,groups', [(5, 0.75, 2), (5, 0.75, 1), (4, 0.6, 2)])
+def test_lrn_gradient_matches_pytorch(size, beta, groups):
+  rng = np.random.default_rng(0)
+  # After a ReLU, and large enough that the cross-channel term is ~20% of the gradient.
+  x = np.maximum(rng.normal(0, 100, (2, 5, 6, 16)), 0).astype(np.float32)
+  ct = rng.normal(size=x.shape).astype(np.float32)
+  lrn = lambda v: models.local_response_norm(v, size=size, k=2.0, alpha=1e-4, beta=beta,
+                                             groups=groups)
+  y, vjp = jax.vjp(lrn, jnp.asarray(x))
+  (dx,) = vjp(jnp.asarray(ct))
+
+  tx = nchw(x).requires_grad_(True)
+  ty = torch_alexnet.ColumnLRN(groups, size, 1e-4, beta, 2.0)(tx)
+  ty.backward(nchw(ct))
+  np.testing.assert_allclose(y, nhwc(ty), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(dx, nhwc(tx.grad), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('window,stride,shape', [(3, 2, (2, 13, 13, 4)),
+                                                 (3, 2, (2, 12, 11, 4)),
+                                                 (2, 2, (2, 8, 9, 4)), (3, 3, (1, 10, 10, 2))])
+def test_max_pool_gradient_matches_pytorch_with_ties(window, stride, shape):
+  """Integer inputs tie often; the gradient must go to the first maximum, as PyTorch's."""
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 3, shape).astype(np.float32)
+  pool = lambda v: models.max_pool(v, window, stride)
+  y = pool(jnp.asarray(x))
+  ct = rng.normal(size=y.shape).astype(np.float32)
+  (dx,) = jax.vjp(pool, jnp.asarray(x))[1](jnp.asarray(ct))
+
+  tx = nchw(x).requires_grad_(True)
+  ty = F.max_pool2d(tx, window, stride)
+  ty.backward(nchw(ct))
+  np.testing.assert_array_equal(y, nhwc(ty))
+  np.testing.assert_allclose(dx, nhwc(tx.grad), rtol=1e-6, atol=1e-6)
+
+
+def test_network_gradients_match_pytorch():
+  """Every parameter's gradient of the loss (dropout off) equals the PyTorch peer's."""
+  size, classes = 99, 10  # conv1 23 x 23 -> pool5 2 x 2: every layer, fc6's reordering.
+  rng = np.random.default_rng(2)
+  x = (rng.uniform(0, 255, (2, size, size, 3)) - 120).astype(np.float32)
+  labels = np.array([3, 7])
+  model = models.AlexNet(num_classes=classes, dropout_rate=0.0)
+  params = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)['params']
+
+  def loss(p):
+    logits = model.apply({'params': p}, jnp.asarray(x), train=True)
+    return -jax.nn.log_softmax(logits)[jnp.arange(2), labels].mean()
+
+  grads = torch_alexnet.flax_to_torch(jax.jit(jax.grad(loss))(params))
+  net = torch_alexnet.AlexNet(num_classes=classes, dropout_rate=0.0)
+  net.fc6 = torch.nn.Linear(256 * 2 * 2, 4096)
+  net.load_state_dict(torch_alexnet.flax_to_torch(params))
+  F.cross_entropy(net(nchw(x)), torch.from_numpy(labels)).backward()
+  for name, p in net.named_parameters():
+    want, got = p.grad.numpy(), grads[name].numpy()
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 1e-4, f'{name}: relative error {err:.1e}'
