@@ -230,9 +230,10 @@ def strided_conv(x, kernel, stride, padding, data_axis=None):
 
   XLA:CPU computes conv1's kernel gradient (11 x 11, stride 4, 3 channels: a convolution
   with rhs dilation 4) 2-4x slower than per-image patch GEMMs (benchmarks/NOTES.md);
-  other backends (chosen by jax.default_backend() when tracing) keep XLA's gradient. x: [b, h, w, c]; kernel: [k, k, c, f];
-  padding: 'VALID' or ((top, bottom), (left, right)); data_axis: inside shard_map, the
-  axis the batch is split over (the kernel gradient is summed over it).
+  other backends (jax.default_backend() when tracing) keep XLA's gradient.
+  x: [b, h, w, c]; kernel: [k, k, c, f]; padding: 'VALID' or ((top, bottom), (left,
+  right)); data_axis: inside shard_map, the axis the batch is split over (the kernel
+  gradient is summed over it).
   """
   del data_axis
   return _conv(x, kernel, stride, padding)

@@ -3,7 +3,11 @@
 The two frameworks are timed in the same process on the same device, interleaved: each
 repeat times `steps` calls of one, then of the other (alternating which goes first), so
 a change in the machine's load during the run touches both alike. Throughput is the
-median over repeats; the ratio is alexnet_jax's median over the peer's.
+median over repeats; the ratio is alexnet_jax's median over the faster peer's (eager or
+torch.compile'd PyTorch).
+
+JAX (and alexnet_jax) is imported inside functions, after the flags are parsed:
+--cpu_devices has to set XLA_FLAGS before JAX loads.
 """
 
 import argparse
@@ -30,7 +34,8 @@ PEAK_TFLOPS = {
 def parser(description):
   p = argparse.ArgumentParser(description=description)
   p.add_argument('--batch', default=None,
-                 help='Comma-separated batch sizes (default: 32 on CPU, 32,128,256 on GPU).')
+                 help='Comma-separated batch sizes (default: 32 on CPU, 32,128,256 on '
+                 'GPU).')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                  help="Compute dtype: alexnet_jax's model.dtype, the peer's autocast.")
   p.add_argument('--mesh_model', type=int, default=1, choices=(1, 2),
@@ -117,8 +122,8 @@ def jax_peak_bytes(devices):
 
 def torch_setup(args):
   """(torch, device, autocast context factory) for the peer."""
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import contextlib
+  import torch
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   if args.dtype == 'bfloat16':
     autocast = lambda: torch.autocast(device, dtype=torch.bfloat16)
@@ -129,8 +134,8 @@ def torch_setup(args):
 
 def torch_peer(args, device):
   """The independent PyTorch AlexNet (tests/torch_alexnet.py), on `device`."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from tests import torch_alexnet  # pylint: disable=g-import-not-at-top
+  import torch
+  from tests import torch_alexnet
   model = torch_alexnet.AlexNet()
   if args.image_size != 224:  # fc6 reads pool5, whose side follows the input's.
     side = ((((args.image_size + 3 - 11) // 4 + 1 - 3) // 2 + 1 - 3) // 2 + 1 - 3) // 2 + 1
@@ -239,7 +244,7 @@ def row(args, batch, device, rates, flops_per_image, peak, jax_bytes, peer_bytes
       'repeats': args.repeats,
       'jax_repeats': rates['jax'],
       'peer_repeats': rates.get(best),
-      **{f'{_mode(name)}_repeats': r for name, r in rates.items() if name.startswith('peer')},
+      **{f'{_mode(n)}_repeats': r for n, r in rates.items() if n.startswith('peer')},
       **extra,
   }
 
@@ -251,8 +256,8 @@ def run(args, name, jax_runner, peer_runner, flops_per_image, extra=None):
   compile_it) -> (run, wait, peak_bytes_fn, settings): each compiled and warmed up when
   returned; settings['peer_compiled'] says whether torch.compile worked.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
 
   on_cpu = jax.default_backend() == 'cpu'
   defaults(args, on_cpu)
@@ -277,14 +282,22 @@ def run(args, name, jax_runner, peer_runner, flops_per_image, extra=None):
       peer_peaks.append(peak_fn)
       settings.update(info)
     settings['peer_compiled'] = 'peer_compiled' in runners
+    load_before = os.getloadavg()[0]
     rates = measure(runners, batch, args.steps, args.repeats, log)
+    settings['load_average_1min'] = [load_before, os.getloadavg()[0]]  # Other processes.
     kind = devices[0].device_kind
     device = f'{len(devices)}x {kind}' if len(devices) > 1 else kind
     if on_cpu:
       device += f' ({os.cpu_count()} cores)'
+    if args.peer and {'cuda': 'gpu'}.get(settings['peer_device'],
+                                          settings['peer_device']) != devices[0].platform:
+      log(f"The peer runs on {settings['peer_device']}, alexnet_jax on "
+          f'{devices[0].platform}: install a PyTorch build for this device to compare.')
+    peer_bytes = [f() for f in peer_peaks]
+    peer_bytes = max(peer_bytes) if peer_bytes and None not in peer_bytes else None
     rows.append(row(args, batch, device, rates, flops_per_image,
                     peak_flops(args, kind, args.dtype, len(devices)),
-                    jax_peak_bytes(devices), max([f() or 0 for f in peer_peaks] or [0]) or None,
+                    jax_peak_bytes(devices), peer_bytes,
                     {'device_count': len(devices), **(extra or {}), **settings}))
     del runners, jax_run, jax_wait  # Frees the donated state before the next batch size.
   report(rows, args, name)
@@ -322,8 +335,8 @@ def report(rows, args, name):
           f'{fmt(mb(r["peer_peak_bytes"]), "12.0f")}')
   if not args.out:
     return
-  import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import jax
+  import torch
   command = ' '.join(['python -m', f'benchmarks.{name}'] + sys.argv[1:])
   when = time.strftime('%Y-%m-%d %H:%M:%S')
   rows = [dict(r, command=command, xla_flags=os.environ.get('XLA_FLAGS', ''), time=when)

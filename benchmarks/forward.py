@@ -8,7 +8,8 @@ device, the forward pass in eval mode, the --layer activations returned), on one
 --mesh_model 2: the model-parallel forward of `train.make_eval_step` (logits, softmax and
 top-1/top-5 counts) with a column on each device. The peer: tests/torch_alexnet.py's
 `features(x)[layer]` in eval mode under torch.inference_mode, channels_last, bfloat16
-autocast with --dtype bfloat16, torch.compile'd with --peer_compile.
+autocast with --dtype bfloat16; eager and torch.compile'd (--peer_compile, default both:
+the faster is the one compared).
 """
 
 from benchmarks import common
@@ -16,11 +17,11 @@ from benchmarks import common
 
 def jax_runner(args, batch, rng):
   """(run one batch, wait, devices used) for alexnet_jax's forward pass."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import features, models, optimizer, preprocessing, train  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from configs import alexnet  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from alexnet_jax import features, models, optimizer, preprocessing, train
+  from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
   config.data.image_size = size = args.image_size
@@ -29,9 +30,9 @@ def jax_runner(args, batch, rng):
   mean = jnp.asarray(preprocessing.CHANNEL_MEAN)
   if args.mesh_model == 1:
     device = jax.devices()[0]
-    params = jax.jit(lambda: model.init({'params': jax.random.key(0)},
-                                        jnp.zeros((1, size, size, 3)), train=False)['params'],
-                     out_shardings=jax.sharding.SingleDeviceSharding(device))()
+    init = lambda: model.init({'params': jax.random.key(0)}, jnp.zeros((1, size, size, 3)),
+                              train=False)['params']
+    params = jax.jit(init, out_shardings=jax.sharding.SingleDeviceSharding(device))()
     fn = features.make_extract_fn(model, [args.layer], mean)
     data = jax.device_put(images, device)
     call, devices = (lambda: fn(params, data)), [device]
@@ -83,7 +84,8 @@ def peer_runner(args, batch, rng, log, compile_it):
   peak = common.torch_memory_peak(torch, device, start_bytes)
   settings = {'peer_device': device, 'peer_compiled': compiled,
               'peer_channels_last': args.peer_channels_last,
-              'peer_autocast': args.dtype == 'bfloat16', 'torch_threads': torch.get_num_threads()}
+              'peer_autocast': args.dtype == 'bfloat16',
+              'torch_threads': torch.get_num_threads()}
   return run, wait, lambda: peak, settings
 
 
@@ -91,8 +93,10 @@ def main(argv=None):
   p = common.parser(__doc__.splitlines()[0])
   p.add_argument('--layer', default='fc7', help='Layer to extract (--mesh_model 1).')
   args = common.parse(p, argv)
-  extra = ({'jax_fn': 'features.make_extract_fn', 'layer': args.layer}
-           if args.mesh_model == 1 else {'jax_fn': 'train.make_eval_step', 'layer': 'logits'})
+  if args.mesh_model == 1:
+    extra = {'jax_fn': 'features.make_extract_fn', 'layer': args.layer}
+  else:
+    extra = {'jax_fn': 'train.make_eval_step', 'layer': 'logits'}
   return common.run(args, 'forward', jax_runner, peer_runner, common.FORWARD_FLOPS, extra)
 
 

@@ -2,15 +2,16 @@
 
     python -m benchmarks.train_step --out benchmarks/results/train_step_cpu.json
     python -m benchmarks.train_step --mesh_model 2        # a column per device
-    python -m benchmarks.train_step --dtype bfloat16 --batch 128,256 --peer_compile
+    python -m benchmarks.train_step --dtype bfloat16 --batch 128,256   # on a GPU
 
 alexnet_jax: the real step, `train.make_train_step` (uint8 images normalised on the
 device, forward, backward, the paper's SGD update from `optimizer.create_optimizer`, the
 non-finite check) on a `train.create_mesh` mesh, state donated. The peer: the two-column
 network of tests/torch_alexnet.py (groups=2, the same LRN), cross entropy, torch.optim.SGD
 with momentum 0.9 and weight decay 5e-4 on the weights, in channels_last, under bfloat16
-autocast when --dtype bfloat16, torch.compile'd with --peer_compile; its input is already
-a normalised float32 tensor on the device. Both get random non-zero data.
+autocast when --dtype bfloat16; eager and torch.compile'd (--peer_compile, default both:
+the faster is the one compared). Its input is already a normalised float32 tensor on the
+device. Both get random non-zero data.
 """
 
 from benchmarks import common
@@ -18,11 +19,11 @@ from benchmarks import common
 
 def jax_runner(args, batch, rng):
   """(run one step, wait, devices used) for alexnet_jax's training step."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import models, optimizer, preprocessing, train  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from configs import alexnet  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from alexnet_jax import models, optimizer, preprocessing, train
+  from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
   config.batch_size = batch
@@ -85,7 +86,8 @@ def peer_runner(args, batch, rng, log, compile_it):
   peak = common.torch_memory_peak(torch, device, start_bytes)
   settings = {'peer_device': device, 'peer_compiled': compiled,
               'peer_channels_last': args.peer_channels_last,
-              'peer_autocast': args.dtype == 'bfloat16', 'torch_threads': torch.get_num_threads()}
+              'peer_autocast': args.dtype == 'bfloat16',
+              'torch_threads': torch.get_num_threads()}
   return run, wait, lambda: peak, settings
 
 

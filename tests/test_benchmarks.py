@@ -1,4 +1,4 @@
-"""The benchmarks run and report; the faster formulations they led to compute the same thing.
+"""The benchmarks run and report; the speed-ups they led to compute the same gradients.
 
 benchmarks/train_step.py and benchmarks/forward.py run in --fast mode (batch 2, one timed
 step per repeat) as the README's commands run them, and must write JSON with positive
@@ -91,9 +91,9 @@ def test_lrn_gradient_matches_pytorch(size, beta, groups):
   np.testing.assert_allclose(dx, nhwc(tx.grad), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('window,stride,shape', [(3, 2, (2, 13, 13, 4)),
-                                                 (3, 2, (2, 12, 11, 4)),
-                                                 (2, 2, (2, 8, 9, 4)), (3, 3, (1, 10, 10, 2))])
+@pytest.mark.parametrize('window,stride,shape', [
+    (3, 2, (2, 13, 13, 4)), (3, 2, (2, 12, 11, 4)), (2, 2, (2, 8, 9, 4)),
+    (3, 3, (1, 10, 10, 2))])
 def test_max_pool_gradient_matches_pytorch_with_ties(window, stride, shape):
   """Integer inputs tie often; the gradient must go to the first maximum, as PyTorch's."""
   rng = np.random.default_rng(1)
@@ -117,7 +117,8 @@ def test_network_gradients_match_pytorch():
   x = (rng.uniform(0, 255, (2, size, size, 3)) - 120).astype(np.float32)
   labels = np.array([3, 7])
   model = models.AlexNet(num_classes=classes, dropout_rate=0.0)
-  params = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)['params']
+  params = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                      train=False)['params']
 
   def loss(p):
     logits = model.apply({'params': p}, jnp.asarray(x), train=True)
