@@ -185,6 +185,22 @@ def maybe_compile(torch, fn, compile_it, log):
     return fn, False
 
 
+def warm_peer(torch, args, device, run, start_bytes, compiled, what):
+  """Warms the peer up, checks its `what` is finite; returns (run, wait, peak, settings)."""
+  wait = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  for _ in range(1 + args.warmup):
+    out = run()
+  wait()
+  if not torch.isfinite(out).all().item():
+    raise FloatingPointError(f'peer: non-finite {what} on the benchmark batch.')
+  peak = torch_memory_peak(torch, device, start_bytes)
+  settings = {'peer_device': device, 'peer_compiled': compiled,
+              'peer_channels_last': args.peer_channels_last,
+              'peer_autocast': args.dtype == 'bfloat16',
+              'torch_threads': torch.get_num_threads()}
+  return run, wait, lambda: peak, settings
+
+
 def measure(runners, batch, steps, repeats, log):
   """Interleaved timing. runners: {name: (run_one_step, wait_until_done)}.
 

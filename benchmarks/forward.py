@@ -75,18 +75,7 @@ def peer_runner(args, batch, rng, log, compile_it):
       return model.features(x)[layer]
 
   run, compiled = common.maybe_compile(torch, forward, compile_it, log)
-  wait = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-  for _ in range(1 + args.warmup):
-    out = run()
-  wait()
-  if not torch.isfinite(out).all().item():
-    raise FloatingPointError('peer: non-finite outputs on the benchmark batch.')
-  peak = common.torch_memory_peak(torch, device, start_bytes)
-  settings = {'peer_device': device, 'peer_compiled': compiled,
-              'peer_channels_last': args.peer_channels_last,
-              'peer_autocast': args.dtype == 'bfloat16',
-              'torch_threads': torch.get_num_threads()}
-  return run, wait, lambda: peak, settings
+  return common.warm_peer(torch, args, device, run, start_bytes, compiled, 'outputs')
 
 
 def main(argv=None):

@@ -77,18 +77,7 @@ def peer_runner(args, batch, rng, log, compile_it):
     return loss
 
   run, compiled = common.maybe_compile(torch, step, compile_it, log)
-  wait = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-  for _ in range(1 + args.warmup):
-    loss = run()
-  wait()
-  if not torch.isfinite(loss).item():
-    raise FloatingPointError('peer: the loss is not finite on the benchmark batch.')
-  peak = common.torch_memory_peak(torch, device, start_bytes)
-  settings = {'peer_device': device, 'peer_compiled': compiled,
-              'peer_channels_last': args.peer_channels_last,
-              'peer_autocast': args.dtype == 'bfloat16',
-              'torch_threads': torch.get_num_threads()}
-  return run, wait, lambda: peak, settings
+  return common.warm_peer(torch, args, device, run, start_bytes, compiled, 'loss')
 
 
 def main(argv=None):
