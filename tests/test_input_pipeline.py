@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import prepare
 from alexnet_jax import preprocessing
 from configs import sample
 from tests.conftest import REPO
@@ -298,3 +299,18 @@ def test_benchmark_fast_mode_writes_json(tmp_path):
   assert result['train_images_per_sec_per_core'] * result['cores'] == pytest.approx(
       result['train_images_per_sec'])
   assert 'images/s/core' in proc.stdout
+
+
+def test_prepare_mean_stores_the_mean_image_the_pipeline_subtracts(tmp_path):
+  """`prepare mean` over a folder's train split equals NumPy's mean of the 256 images."""
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(3)]
+  for i, image in enumerate(images):
+    path = tmp_path / 'train' / f'c{i % 2}' / f'{i}.PNG'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tf.io.write_file(str(path), tf.io.encode_png(image))
+  path, mean_image = prepare.compute_mean('folder', str(tmp_path))
+  np.testing.assert_allclose(mean_image, np.mean(images, axis=0), rtol=1e-6)
+  data = data_config(data_dir=str(tmp_path), mean='image')
+  assert path == input_pipeline.mean_image_path(data)
+  np.testing.assert_allclose(input_pipeline.mean(data, 224), mean_image[16:240, 16:240])
