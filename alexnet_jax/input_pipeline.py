@@ -336,11 +336,11 @@ class Batches:
 
 def _decode_error(name_or_bytes):
   """The decoder's message for a file that fails to decode (eagerly, outside tf.data)."""
+  if isinstance(name_or_bytes, str) and not os.path.exists(name_or_bytes):
+    return 'stored in the TFDS dataset'
   try:
     encoded = (tf.io.read_file(name_or_bytes) if isinstance(name_or_bytes, str)
                else name_or_bytes)
-    if isinstance(name_or_bytes, str) and not os.path.exists(name_or_bytes):
-      return 'stored in the TFDS dataset'
     preprocessing.decode_rgb(encoded)
     return 'the decoder failed on it inside the pipeline'
   except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
