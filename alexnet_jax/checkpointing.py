@@ -10,6 +10,7 @@ a checkpoint written on a model=2 mesh restores on one device and back.
 
 import os
 import shutil
+import socket
 import time
 
 from absl import logging
@@ -28,7 +29,8 @@ def checkpoint_dir(workdir):
 
 def check_writable(workdir):
   """Fails before any compute when `workdir` cannot take checkpoints."""
-  probe = os.path.join(workdir, '.write_test')
+  # One probe per process: processes of a multi-host run share the workdir.
+  probe = os.path.join(workdir, f'.write_test.{socket.gethostname()}.{os.getpid()}')
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(probe, 'w') as f:

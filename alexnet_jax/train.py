@@ -76,6 +76,26 @@ def _shardings(mesh, specs):
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
 
 
+def manual_axes(mesh):
+  """The mesh axes the steps are written per device over: those of size > 1.
+
+  An axis of size 1 is left out, so no collective runs over it: XLA:CPU executes such a
+  no-op collective as a copy (for the gradients' all-reduce, 244 MB a step).
+  """
+  return tuple(a for a in AXES if mesh.shape[a] > 1)
+
+
+def _per_device(fn, mesh, axes, in_specs, out_specs):
+  """`fn` under shard_map over `axes` (the others, of size 1, stay automatic), or as is."""
+  if not axes:
+    return fn
+  is_spec = lambda x: isinstance(x, P)
+  keep = lambda spec: P(*(a if a in axes else None for a in spec))
+  in_specs, out_specs = (jax.tree.map(keep, s, is_leaf=is_spec) for s in (in_specs, out_specs))
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                       axis_names=set(axes))
+
+
 def create_train_state(config, model, tx, mesh):
   """Initialises parameters from config.seed straight into their shards on `mesh`."""
   plateau = optimizer.create_plateau(config)
@@ -103,7 +123,9 @@ def make_train_step(config, model, mesh, state, mean):
   normalised on the device. A step whose loss or gradients are not finite leaves the
   parameters unchanged and reports nonfinite=1; the loop stops or counts it.
   """
-  local_model = model.clone(model_axis='model', data_axis='data')
+  axes = manual_axes(mesh)
+  local_model = model.clone(model_axis='model' if 'model' in axes else None,
+                            data_axis='data' if 'data' in axes else None)
   dropout_key = jax.random.key(config.seed + 1)
 
   def step(state, batch):
@@ -117,23 +139,27 @@ def make_train_step(config, model, mesh, state, mean):
       # The mean over the global batch: with it, autodiff's transposes of the
       # collectives sum each device's share once (the logits are replicated over
       # 'model', the parameters over 'data').
-      loss = lax.pmean(cross_entropy(logits, batch['label']).mean(), AXES)
+      loss = lax.pmean(cross_entropy(logits, batch['label']).mean(), axes)
       return loss, logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    finite = lax.pmin(finite.astype(jnp.int32), AXES).astype(bool)
-    new_state = state.apply_gradients(grads=grads)
-    # Skip a non-finite update, but let the counters (integer leaves: the step, the
-    # schedule's count) advance, so the data and the schedule stay aligned with the step.
-    new_state = jax.tree.map(
-        lambda new, old: new if jnp.issubdtype(new.dtype, jnp.integer)
-        else jnp.where(finite, new, old), new_state, state)
+    finite = lax.pmin(finite.astype(jnp.int32), axes).astype(bool)
+
+    def skip(state):
+      # Skip a non-finite update, but let the counters (integer leaves: the step, the
+      # schedule's count) advance, so the data and the schedule stay aligned with the step.
+      return jax.tree.map(lambda new, old: new if jnp.issubdtype(new.dtype, jnp.integer)
+                          else old, state.apply_gradients(grads=grads), state)
+
+    # A branch, not a select of new and old: the update then runs in place on the donated
+    # state (a select keeps both alive, copying fc6's kernel and momentum every step).
+    new_state = lax.cond(finite, lambda s: s.apply_gradients(grads=grads), skip, state)
     top1 = jnp.argmax(logits, -1) == batch['label']
     metrics = {
         'loss': loss,
-        'train_top1_error': 1.0 - lax.pmean(top1.mean(), AXES),
+        'train_top1_error': 1.0 - lax.pmean(top1.mean(), axes),
         'learning_rate': optimizer.current_learning_rate(new_state.opt_state),
         'nonfinite': 1 - finite.astype(jnp.int32),
     }
@@ -141,9 +167,9 @@ def make_train_step(config, model, mesh, state, mean):
 
   specs = state_specs(state)
   batch_specs = {'image': P('data'), 'lighting': P('data'), 'label': P('data')}
-  sharded = jax.shard_map(step, mesh=mesh, in_specs=(specs, batch_specs),
-                          out_specs=(specs, P()))
-  return jax.jit(sharded, donate_argnums=0)
+  per_device = _per_device(step, mesh, axes, (specs, batch_specs), (specs, P()))
+  return jax.jit(per_device, donate_argnums=0,
+                 out_shardings=(_shardings(mesh, specs), NamedSharding(mesh, P())))
 
 
 def make_eval_step(model, mesh, params, mean, std=1.0):
@@ -153,7 +179,9 @@ def make_eval_step(model, mesh, params, mean, std=1.0):
   'mask': bool [b]}. With views, the softmax outputs are averaged (Section 4.1).
   Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples.
   """
-  local_model = model.clone(model_axis='model', data_axis='data')
+  axes = manual_axes(mesh)
+  local_model = model.clone(model_axis='model' if 'model' in axes else None,
+                            data_axis='data' if 'data' in axes else None)
 
   def step(params, batch):
     images = batch['image']
@@ -173,12 +201,12 @@ def make_eval_step(model, mesh, params, mean, std=1.0):
         'count': mask,
     }
     # Summed over the batch's shards; the same on both columns (the logits are gathered).
-    return jax.tree.map(lambda x: lax.pmean(lax.psum(x.sum(), 'data'), 'model'), sums)
+    over_data, over_model = (tuple(a for a in axes if a == name) for name in AXES)
+    return jax.tree.map(lambda x: lax.pmean(lax.psum(x.sum(), over_data), over_model), sums)
 
   batch_specs = {'image': P('data'), 'label': P('data'), 'mask': P('data')}
-  sharded = jax.shard_map(step, mesh=mesh, in_specs=(state_specs(params), batch_specs),
-                          out_specs=P())
-  return jax.jit(sharded)
+  per_device = _per_device(step, mesh, axes, (state_specs(params), batch_specs), P())
+  return jax.jit(per_device, out_shardings=NamedSharding(mesh, P()))
 
 
 def data_shard(mesh):
