@@ -450,3 +450,29 @@ def test_parity_features_layout():
     w = want[name].numpy()
     w = w.transpose(0, 2, 3, 1) if w.ndim == 4 else w
     assert rel_err(got[name], w) < 1e-4, name
+
+
+_ROUTE = '''
+import alexnet_jax, jax, jax.numpy as jnp
+from jax import lax
+x, w = jnp.ones((8, 13, 13, 192)), jnp.ones((3, 3, 192, 192))  # conv4's shapes
+conv = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+print('ynn' if '__ynn_fusion' in conv.lower(x, w).compile().as_text() else 'eigen')
+'''
+
+
+@pytest.mark.parametrize('opt_out', ['', '0'])
+def test_import_routes_cpu_convolutions_to_eigen_unless_opted_out(opt_out):
+  """alexnet_jax/__init__.py's XLA:CPU default, checked in the compiled HLO."""
+  import os
+  import subprocess
+  import sys
+  from jaxlib import version
+  from alexnet_jax import _MEASURED_JAXLIB
+  if version.__version__ not in _MEASURED_JAXLIB:
+    pytest.skip(f'the flag is only added for jaxlib {_MEASURED_JAXLIB}')
+  env = dict(os.environ, ALEXNET_JAX_XLA_DEFAULTS=opt_out or '1', XLA_FLAGS='')
+  out = subprocess.run([sys.executable, '-c', _ROUTE], env=env, capture_output=True,
+                       text=True, check=True).stdout.split()[-1]
+  assert out == ('ynn' if opt_out == '0' else 'eigen')
