@@ -17,6 +17,7 @@ import torch
 from alexnet_jax import models
 from configs import alexnet
 from tests import torch_alexnet
+from tests.conftest import REPO
 
 # Per-channel mean of the 0-255 RGB training images (cuda-convnet2; recipe.md, Data).
 MEAN_RGB = np.array([127.3, 119.7, 104.9], np.float32)
@@ -474,5 +475,22 @@ def test_import_routes_cpu_convolutions_to_eigen_unless_opted_out(opt_out):
     pytest.skip(f'the flag is only added for jaxlib {_MEASURED_JAXLIB}')
   env = dict(os.environ, ALEXNET_JAX_XLA_DEFAULTS=opt_out or '1', XLA_FLAGS='')
   out = subprocess.run([sys.executable, '-c', _ROUTE], env=env, capture_output=True,
-                       text=True, check=True).stdout.split()[-1]
+                       text=True, check=True, cwd=REPO).stdout.split()[-1]
   assert out == ('ynn' if opt_out == '0' else 'eigen')
+
+
+def test_import_after_jax_started_warns_and_leaves_xla_flags():
+  import os
+  import subprocess
+  import sys
+  from jaxlib import version
+  from alexnet_jax import _MEASURED_JAXLIB
+  if version.__version__ not in _MEASURED_JAXLIB:
+    pytest.skip(f'the flag is only added for jaxlib {_MEASURED_JAXLIB}')
+  code = ('import os, warnings, jax; jax.devices(); warnings.simplefilter("error")\n'
+          'try:\n  import alexnet_jax\nexcept UserWarning as w:\n  print("warned:", w)\n'
+          'print("flags:", repr(os.environ.get("XLA_FLAGS", "")))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       check=True, env=dict(os.environ, XLA_FLAGS=''), cwd=REPO).stdout
+  assert 'warned: alexnet_jax was imported after JAX started its backend' in out
+  assert "flags: ''" in out
