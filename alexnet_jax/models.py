@@ -229,7 +229,8 @@ def strided_conv(x, kernel, stride, padding, data_axis=None):
   """NHWC convolution, stride > 1, whose kernel gradient on CPU is a sum of GEMMs.
 
   XLA:CPU computes conv1's kernel gradient (11 x 11, stride 4, 3 channels: a convolution
-  with rhs dilation 4) 2-4x slower than per-image patch GEMMs (benchmarks/NOTES.md);
+  with rhs dilation 4) 2-4x slower than per-image patch GEMMs with YNNPACK, and about as
+  fast with Eigen's convolutions (the package's default; benchmarks/NOTES.md);
   other backends (jax.default_backend() when tracing) keep XLA's gradient.
   x: [b, h, w, c]; kernel: [k, k, c, f]; padding: 'VALID' or ((top, bottom), (left,
   right)); data_axis: inside shard_map, the axis the batch is split over (the kernel
