@@ -85,6 +85,12 @@ def manual_axes(mesh):
   return tuple(a for a in AXES if mesh.shape[a] > 1)
 
 
+def _local(model, axes):
+  """The model as written per device: the shard_map axes it runs under, if any."""
+  return model.clone(model_axis='model' if 'model' in axes else None,
+                     data_axis='data' if 'data' in axes else None)
+
+
 def _per_device(fn, mesh, axes, in_specs, out_specs):
   """`fn` under shard_map over `axes` (the others, of size 1, stay automatic), or as is."""
   if not axes:
@@ -124,8 +130,7 @@ def make_train_step(config, model, mesh, state, mean):
   parameters unchanged and reports nonfinite=1; the loop stops or counts it.
   """
   axes = manual_axes(mesh)
-  local_model = model.clone(model_axis='model' if 'model' in axes else None,
-                            data_axis='data' if 'data' in axes else None)
+  local_model = _local(model, axes)
   dropout_key = jax.random.key(config.seed + 1)
 
   def step(state, batch):
@@ -180,8 +185,7 @@ def make_eval_step(model, mesh, params, mean, std=1.0):
   Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples.
   """
   axes = manual_axes(mesh)
-  local_model = model.clone(model_axis='model' if 'model' in axes else None,
-                            data_axis='data' if 'data' in axes else None)
+  local_model = _local(model, axes)
 
   def step(params, batch):
     images = batch['image']

@@ -6,14 +6,19 @@ parity tests copy our parameters into it and compare logits.
 
 import functools
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
+from jaxlib import version as jaxlib_version
 import numpy as np
 import pytest
 import tensorflow as tf
 import torch
 
+import alexnet_jax
 from alexnet_jax import models
 from configs import alexnet
 from tests import torch_alexnet
@@ -453,6 +458,11 @@ def test_parity_features_layout():
     assert rel_err(got[name], w) < 1e-4, name
 
 
+# alexnet_jax/__init__.py's XLA:CPU default is only added for the jaxlib it was measured with.
+measured_jaxlib = pytest.mark.skipif(
+    jaxlib_version.__version__ not in alexnet_jax._MEASURED_JAXLIB,
+    reason=f'the XLA:CPU default is only added for jaxlib {alexnet_jax._MEASURED_JAXLIB}')
+
 _ROUTE = '''
 import alexnet_jax, jax, jax.numpy as jnp
 from jax import lax
@@ -463,34 +473,24 @@ print('ynn' if '__ynn_fusion' in conv.lower(x, w).compile().as_text() else 'eige
 '''
 
 
+def python(code, **env):
+  """Runs `code` in a fresh interpreter (JAX not yet started) -> its stdout."""
+  return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        check=True, env=dict(os.environ, **env), cwd=REPO).stdout
+
+
+@measured_jaxlib
 @pytest.mark.parametrize('opt_out', ['', '0'])
 def test_import_routes_cpu_convolutions_to_eigen_unless_opted_out(opt_out):
   """alexnet_jax/__init__.py's XLA:CPU default, checked in the compiled HLO."""
-  import os
-  import subprocess
-  import sys
-  from jaxlib import version
-  from alexnet_jax import _MEASURED_JAXLIB
-  if version.__version__ not in _MEASURED_JAXLIB:
-    pytest.skip(f'the flag is only added for jaxlib {_MEASURED_JAXLIB}')
-  env = dict(os.environ, ALEXNET_JAX_XLA_DEFAULTS=opt_out or '1', XLA_FLAGS='')
-  out = subprocess.run([sys.executable, '-c', _ROUTE], env=env, capture_output=True,
-                       text=True, check=True, cwd=REPO).stdout.split()[-1]
+  out = python(_ROUTE, ALEXNET_JAX_XLA_DEFAULTS=opt_out or '1', XLA_FLAGS='').split()[-1]
   assert out == ('ynn' if opt_out == '0' else 'eigen')
 
 
+@measured_jaxlib
 def test_import_after_jax_started_warns_and_leaves_xla_flags():
-  import os
-  import subprocess
-  import sys
-  from jaxlib import version
-  from alexnet_jax import _MEASURED_JAXLIB
-  if version.__version__ not in _MEASURED_JAXLIB:
-    pytest.skip(f'the flag is only added for jaxlib {_MEASURED_JAXLIB}')
-  code = ('import os, warnings, jax; jax.devices(); warnings.simplefilter("error")\n'
-          'try:\n  import alexnet_jax\nexcept UserWarning as w:\n  print("warned:", w)\n'
-          'print("flags:", repr(os.environ.get("XLA_FLAGS", "")))')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                       check=True, env=dict(os.environ, XLA_FLAGS=''), cwd=REPO).stdout
+  out = python('import os, warnings, jax; jax.devices(); warnings.simplefilter("error")\n'
+               'try:\n  import alexnet_jax\nexcept UserWarning as w:\n  print("warned:", w)\n'
+               'print("flags:", repr(os.environ.get("XLA_FLAGS", "")))', XLA_FLAGS='')
   assert 'warned: alexnet_jax was imported after JAX started its backend' in out
   assert "flags: ''" in out
