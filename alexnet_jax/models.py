@@ -219,9 +219,9 @@ def initializers(scheme, layer):
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _conv(x, kernel, stride, padding):
+def _conv(x, kernel, stride, padding, **kwargs):
   return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                  dimension_numbers=_DIMENSIONS)
+                                  dimension_numbers=_DIMENSIONS, **kwargs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -312,9 +312,7 @@ class Conv(nn.Module):
                         (k, k, x.shape[-1] // self.groups, self.features), jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    conv = functools.partial(
-        lax.conv_general_dilated, window_strides=(self.strides, self.strides),
-        padding=self.padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    conv = functools.partial(_conv, stride=self.strides, padding=self.padding)
     if self.groups == 1 and self.strides > 1 and self.padding != 'SAME':
       y = strided_conv(x, kernel, self.strides, self.padding, self.data_axis)
     elif self.groups == 1:

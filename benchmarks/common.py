@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -221,12 +222,6 @@ def measure(runners, batch, steps, repeats, log):
   return rates
 
 
-def median(xs):
-  xs = sorted(xs)
-  n = len(xs)
-  return None if not n else (xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2]))
-
-
 def row(args, batch, device, rates, flops_per_image, peak, jax_bytes, peer_bytes, extra):
   """One result row: the required keys plus what is needed to read them.
 
@@ -234,11 +229,13 @@ def row(args, batch, device, rates, flops_per_image, peak, jax_bytes, peer_bytes
   medians; `ratio_paired` the median of each repeat's ratio, which a change of load
   between repeats moves less.
   """
-  peers = {name: median(r) for name, r in rates.items() if name.startswith('peer')}
+  peers = {name: statistics.median(r) for name, r in rates.items()
+           if name.startswith('peer')}
   best = max(peers, key=peers.get) if peers else None
-  jax_rate, peer_rate = median(rates['jax']), peers.get(best)
+  jax_rate, peer_rate = statistics.median(rates['jax']), peers.get(best)
   mfu = lambda r: None if (r is None or peak is None) else r * flops_per_image / peak
-  paired = (median([j / p for j, p in zip(rates['jax'], rates[best])]) if best else None)
+  paired = (statistics.median([j / p for j, p in zip(rates['jax'], rates[best])])
+            if best else None)
   return {
       'jax_img_per_s': jax_rate,
       'peer_img_per_s': peer_rate,
