@@ -21,7 +21,7 @@ column-local layers hold the input channels of one column, as a grouped convolut
 Named activations (``LAYERS``) come from the same definition, for feature extraction:
 ``model.apply(variables, x, train=False, return_features=True)`` returns a dict of them.
 
-For speed, LRN, max pooling and conv1 have hand-written gradients (``jax.custom_vjp``;
+For speed, LRN and max pooling have hand-written gradients (``jax.custom_vjp``;
 benchmarks/NOTES.md): the network supports reverse mode (``jax.grad``, ``jax.vjp``) but
 not forward mode (``jax.jvp``).
 """
@@ -224,69 +224,6 @@ def _conv(x, kernel, stride, padding, **kwargs):
                                   dimension_numbers=_DIMENSIONS, **kwargs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def strided_conv(x, kernel, stride, padding, data_axis=None):
-  """NHWC convolution, stride > 1, whose kernel gradient on CPU is a sum of GEMMs.
-
-  XLA:CPU computes conv1's kernel gradient (11 x 11, stride 4, 3 channels: a convolution
-  with rhs dilation 4) 2-4x slower than per-image patch GEMMs with YNNPACK, and about as
-  fast with Eigen's convolutions (the package's default; benchmarks/NOTES.md);
-  other backends (jax.default_backend() when tracing) keep XLA's gradient.
-  x: [b, h, w, c]; kernel: [k, k, c, f]; padding: 'VALID' or ((top, bottom), (left,
-  right)); data_axis: inside shard_map, the axis the batch is split over (the kernel
-  gradient is summed over it).
-  """
-  del data_axis
-  return _conv(x, kernel, stride, padding)
-
-
-def _strided_conv_fwd(x, kernel, stride, padding, data_axis):
-  return strided_conv(x, kernel, stride, padding, data_axis), (x, kernel)
-
-
-def _strided_conv_bwd(stride, padding, data_axis, res, g):
-  x, kernel = res
-  # The image gradient is dead code in training and removed by XLA.
-  dx = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)[1](g)[0]
-  if jax.default_backend() != 'cpu':
-    return dx, jax.vjp(lambda k: _conv(x, k, stride, padding), kernel)[1](g)[0]
-  dk = _kernel_grad_patches(x, g, kernel.shape[0], stride, padding).astype(kernel.dtype)
-  # What autodiff does for a kernel replicated over the data axis: sum the shards' parts.
-  return dx, dk if data_axis is None else lax.psum(dk, data_axis)
-
-
-strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
-
-
-def _kernel_grad_patches(x, g, k, stride, padding):
-  """d loss / d kernel [k, k, c, f] of _conv(x, kernel) from g [b, oh, ow, f].
-
-  Per image: space-to-depth (stride x stride blocks, so the k x k window is
-  ceil(k / stride)^2 block taps), the patch matrix [oh * ow, taps * stride^2 * c], one
-  GEMM with g; one image per scan step, so a patch matrix stays in cache.
-  """
-  b, h, w, c = x.shape
-  _, oh, ow, f = g.shape
-  (top, _), (left, _) = ((0, 0), (0, 0)) if padding == 'VALID' else padding
-  kb = -(-k // stride)  # Window size in blocks.
-  hb, wb = oh + kb - 1, ow + kb - 1  # Input size in blocks.
-  # Rows and columns past the last window meet only taps beyond k, dropped at the end.
-  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, hb * stride - h - top, 0),
-                                         (left, wb * stride - w - left, 0), (0, 0, 0)))
-  x = x.reshape(b, hb, stride, wb, stride, c).transpose(0, 1, 3, 2, 4, 5)
-  x = x.reshape(b, hb, wb, stride * stride * c)
-
-  def one_image(_, image_and_g):
-    xi, gi = image_and_g
-    p = jnp.concatenate([xi[a:a + oh, e:e + ow] for a in range(kb) for e in range(kb)], -1)
-    return None, jnp.dot(p.reshape(oh * ow, -1).T, gi.reshape(oh * ow, f),
-                         preferred_element_type=jnp.float32)
-
-  _, per_image = lax.scan(one_image, None, (x, g))  # [b, taps * stride^2 * c, f]
-  dk = per_image.sum(0).reshape(kb, kb, stride, stride, c, f).transpose(0, 2, 1, 3, 4, 5)
-  return dk.reshape(kb * stride, kb * stride, c, f)[:k, :k]
-
-
 class Conv(nn.Module):
   """NHWC convolution over ``groups`` independent channel groups (the columns).
 
@@ -303,7 +240,6 @@ class Conv(nn.Module):
   kernel_init: Any = nn.initializers.normal(0.01)
   bias_init: Any = nn.initializers.zeros
   dtype: Any = jnp.float32
-  data_axis: str | None = None  # Inside shard_map: the axis the batch is split over.
 
   @nn.compact
   def __call__(self, x):
@@ -313,9 +249,7 @@ class Conv(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     conv = functools.partial(_conv, stride=self.strides, padding=self.padding)
-    if self.groups == 1 and self.strides > 1 and self.padding != 'SAME':
-      y = strided_conv(x, kernel, self.strides, self.padding, self.data_axis)
-    elif self.groups == 1:
+    if self.groups == 1:
       y = conv(x, kernel)
     elif self.group_impl == 'feature_group':
       y = conv(x, kernel, feature_group_count=self.groups)
@@ -392,8 +326,7 @@ class AlexNet(nn.Module):
     def conv(name, x, kernel_size, stride=1, padding='SAME', groups=1):
       kernel_init, bias_init = initializers(self.init_scheme, name)
       return Conv(WIDTHS[name] // shards, kernel_size, stride, padding, groups,
-                  self.group_impl, kernel_init, bias_init, dtype, self.data_axis,
-                  name=name)(x)
+                  self.group_impl, kernel_init, bias_init, dtype, name=name)(x)
 
     def dense(name, x, features):
       kernel_init, bias_init = initializers(self.init_scheme, name)

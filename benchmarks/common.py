@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -205,21 +206,28 @@ def warm_peer(torch, args, device, run, start_bytes, compiled, what):
 def measure(runners, batch, steps, repeats, log):
   """Interleaved timing. runners: {name: (run_one_step, wait_until_done)}.
 
-  Returns {name: [images/s of each repeat]}.
+  Returns ({name: [images/s of each repeat]}, {name: median page faults per step}): a
+  page fault is memory the step got fresh from the OS (alexnet_jax/__init__.py).
   """
   rates = {name: [] for name in runners}
+  faults = {name: [] for name in runners}
   names = list(runners)
   for r in range(repeats):
     for name in names if r % 2 == 0 else names[::-1]:
       run, wait = runners[name]
       wait()
+      start_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       start = time.perf_counter()
       for _ in range(steps):
         run()
       wait()
       rates[name].append(steps * batch / (time.perf_counter() - start))
-    log('  repeat %d: %s' % (r, ', '.join(f'{n} {rates[n][-1]:.1f} img/s' for n in names)))
-  return rates
+      faults[name].append(
+          (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start_faults) / steps)
+    log('  repeat %d: %s' % (r, ', '.join(
+        f'{n} {rates[n][-1]:.1f} img/s ({faults[n][-1]:.0f} page faults a step)'
+        for n in names)))
+  return rates, {name: statistics.median(f) for name, f in faults.items()}
 
 
 def row(args, batch, device, rates, flops_per_image, peak, jax_bytes, peer_bytes, extra):
@@ -297,8 +305,9 @@ def run(args, name, jax_runner, peer_runner, flops_per_image, extra=None):
       settings.update(info)
     settings['peer_compiled'] = 'peer_compiled' in runners
     load_before = os.getloadavg()[0]
-    rates = measure(runners, batch, args.steps, args.repeats, log)
+    rates, faults = measure(runners, batch, args.steps, args.repeats, log)
     settings['load_average_1min'] = [load_before, os.getloadavg()[0]]  # Other processes.
+    settings['page_faults_per_step'] = faults
     kind = devices[0].device_kind
     device = f'{len(devices)}x {kind}' if len(devices) > 1 else kind
     if on_cpu:

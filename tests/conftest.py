@@ -10,7 +10,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import alexnet_jax  # pylint: disable=g-import-not-at-top,unused-import  # XLA defaults first.
+import alexnet_jax  # pylint: disable=g-import-not-at-top,unused-import  # CPU defaults first.
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

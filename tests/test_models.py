@@ -6,23 +6,17 @@ parity tests copy our parameters into it and compare logits.
 
 import functools
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
-from jaxlib import version as jaxlib_version
 import numpy as np
 import pytest
 import tensorflow as tf
 import torch
 
-import alexnet_jax
 from alexnet_jax import models
 from configs import alexnet
 from tests import torch_alexnet
-from tests.conftest import REPO
 
 # Per-channel mean of the 0-255 RGB training images (cuda-convnet2; recipe.md, Data).
 MEAN_RGB = np.array([127.3, 119.7, 104.9], np.float32)
@@ -457,40 +451,3 @@ def test_parity_features_layout():
     w = w.transpose(0, 2, 3, 1) if w.ndim == 4 else w
     assert rel_err(got[name], w) < 1e-4, name
 
-
-# alexnet_jax/__init__.py's XLA:CPU default is only added for the jaxlib it was measured with.
-measured_jaxlib = pytest.mark.skipif(
-    jaxlib_version.__version__ not in alexnet_jax._MEASURED_JAXLIB,
-    reason=f'the XLA:CPU default is only added for jaxlib {alexnet_jax._MEASURED_JAXLIB}')
-
-_ROUTE = '''
-import alexnet_jax, jax, jax.numpy as jnp
-from jax import lax
-x, w = jnp.ones((8, 13, 13, 192)), jnp.ones((3, 3, 192, 192))  # conv4's shapes
-conv = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
-print('ynn' if '__ynn_fusion' in conv.lower(x, w).compile().as_text() else 'eigen')
-'''
-
-
-def python(code, **env):
-  """Runs `code` in a fresh interpreter (JAX not yet started) -> its stdout."""
-  return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                        check=True, env=dict(os.environ, **env), cwd=REPO).stdout
-
-
-@measured_jaxlib
-@pytest.mark.parametrize('opt_out', ['', '0'])
-def test_import_routes_cpu_convolutions_to_eigen_unless_opted_out(opt_out):
-  """alexnet_jax/__init__.py's XLA:CPU default, checked in the compiled HLO."""
-  out = python(_ROUTE, ALEXNET_JAX_XLA_DEFAULTS=opt_out or '1', XLA_FLAGS='').split()[-1]
-  assert out == ('ynn' if opt_out == '0' else 'eigen')
-
-
-@measured_jaxlib
-def test_import_after_jax_started_warns_and_leaves_xla_flags():
-  out = python('import os, warnings, jax; jax.devices(); warnings.simplefilter("error")\n'
-               'try:\n  import alexnet_jax\nexcept UserWarning as w:\n  print("warned:", w)\n'
-               'print("flags:", repr(os.environ.get("XLA_FLAGS", "")))', XLA_FLAGS='')
-  assert 'warned: alexnet_jax was imported after JAX started its backend' in out
-  assert "flags: ''" in out
