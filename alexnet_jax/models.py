@@ -135,14 +135,15 @@ def _pool_windows(x, window, stride):
 def max_pool(x, window, stride):
   """'VALID' max pooling of x [b, h, w, c]; the same values and gradient as nn.max_pool.
 
-  The gradient goes to the first maximum of each window in row-major order, as XLA's
-  select_and_scatter and PyTorch route it, but is built from slices and pads: XLA:CPU's
-  select_and_scatter (autodiff of reduce_window) is 2-10x slower (benchmarks/NOTES.md).
+  The forward pass is XLA's reduce_window, which XLA materialises once (a max of strided
+  slices was recomputed inside each consumer: conv2's column splits and kernel-gradient
+  transposes). The gradient goes to the first maximum of each window in row-major order,
+  as XLA's select_and_scatter and PyTorch route it, but is built from slices and pads:
+  XLA:CPU's select_and_scatter (autodiff of reduce_window) is 2-10x slower
+  (benchmarks/NOTES.md).
   """
-  out = None
-  for _, _, s in _pool_windows(x, window, stride):
-    out = s if out is None else jnp.maximum(out, s)
-  return out
+  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, window, window, 1),
+                           (1, stride, stride, 1), 'VALID')
 
 
 def _max_pool_fwd(x, window, stride):

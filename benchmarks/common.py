@@ -277,7 +277,7 @@ def run(args, name, jax_runner, peer_runner, flops_per_image, extra=None):
   compile_it) -> (run, wait, peak_bytes_fn, settings): each compiled and warmed up when
   returned; settings['peer_compiled'] says whether torch.compile worked.
   """
-  import alexnet_jax  # pylint: disable=unused-import  # XLA:CPU default, before JAX starts.
+  import alexnet_jax  # pylint: disable=unused-import  # CPU defaults, before JAX starts.
   import jax
   import numpy as np
 

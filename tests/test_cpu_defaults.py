@@ -17,7 +17,7 @@ from tests.conftest import REPO
 # The XLA:CPU flag is only added for the jaxlib it was measured with.
 measured_jaxlib = pytest.mark.skipif(
     jaxlib_version.__version__ not in alexnet_jax._MEASURED_JAXLIB,
-    reason=f'the XLA:CPU default is only added for jaxlib {alexnet_jax._MEASURED_JAXLIB}')
+    reason=f'the XLA:CPU flag is only added for jaxlib {alexnet_jax._MEASURED_JAXLIB}')
 
 _ROUTE = '''
 import alexnet_jax, jax, jax.numpy as jnp
