@@ -42,8 +42,9 @@ def _set_cpu_defaults():
   flags = os.environ.get('XLA_FLAGS', '')
   if version.__version__ in _MEASURED_JAXLIB and _CPU_FLAG.split('=')[0] not in flags:
     os.environ['XLA_FLAGS'] = f'{flags} {_CPU_FLAG}'.strip()
-  if 'JAX_CPU_ENABLE_ASYNC_DISPATCH' not in os.environ:
-    import jax  # pylint: disable=g-import-not-at-top  # Starts no backend either.
+  import jax  # pylint: disable=g-import-not-at-top  # Starts no backend either.
+  if ('JAX_CPU_ENABLE_ASYNC_DISPATCH' not in os.environ
+      and 'jax_cpu_enable_async_dispatch' in jax.config.values):
     jax.config.update('jax_cpu_enable_async_dispatch', False)
   _keep_freed_memory()
 
