@@ -64,7 +64,7 @@ def extract(extract_fn, params, batches, progress=True):
     keep = batch['mask']
     feats = jax.device_get(extract_fn(params, batch['image']))
     feats.update(label=batch['label'],
-                 file_name=np.array([n.decode() for n in batch['file_name']]))
+                 file_name=np.array([input_pipeline.display_name(n) for n in batch['file_name']]))
     for k, v in feats.items():
       out.setdefault(k, []).append(np.asarray(v)[keep])
   return {k: np.concatenate(v) for k, v in out.items()}

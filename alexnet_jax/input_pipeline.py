@@ -2,7 +2,7 @@
 
 Sources (`config.data.dataset`):
   'folder'     root/<split>/<class>/<image>, root = config.data.data_dir: Imagenette, the
-               embedded sample (SAMPLE_DIR), the 256 x 256 copy `prepare resize` writes,
+               embedded sample (data/sample, configs/sample.py), the 256 x 256 copy `prepare resize` writes,
                anyone's data. Labels index the sorted class folders of the train split.
   a TFDS name  e.g. 'imagenet2012', prepared from the official tars by
                `python -m alexnet_jax.prepare imagenet2012` (README, "ImageNet").
@@ -37,9 +37,6 @@ import tensorflow as tf
 
 from alexnet_jax import preprocessing
 
-# The embedded default dataset: real ImageNet photographs (10 classes) in the repo.
-SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          'data', 'sample')
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.gif', '.webp')
 MEAN_IMAGE_FILE = 'mean_image.npy'
 
@@ -47,7 +44,7 @@ MEAN_IMAGE_FILE = 'mean_image.npy'
 # ----------------------------------------------------------------------------- sources --
 
 def _folder_root(data):
-  return os.path.abspath(os.path.expanduser(data.data_dir or SAMPLE_DIR))
+  return os.path.abspath(os.path.expanduser(data.data_dir))
 
 
 def class_names(data):
@@ -65,13 +62,13 @@ def _check_folder(data, path):
     raise FileNotFoundError(
         f"Dataset folder {path} does not exist (config.data.dataset='folder', "
         f"data_dir={data.data_dir!r}). Expected root/<split>/<class>/<image>: point "
-        'config.data.data_dir at such a root, make one from a folder of class folders with '
-        '`python -m alexnet_jax.prepare split-folder`, or leave data_dir empty for the '
-        'embedded sample.')
+        'config.data.data_dir at such a root, or make one from a folder of class folders '
+        'with `python -m alexnet_jax.prepare split-folder` (README, "Data").')
 
 
 def _list_folder(data, split):
-  """Sorted (paths, labels) of root/<split>/<class>/<image>."""
+  """Sorted (paths, labels) of root/<split>/<class>/<image>; paths are bytes, so file names
+  that are not UTF-8 are read like any other."""
   classes = class_names(data)
   root = os.path.join(_folder_root(data), split)
   _check_folder(data, root)
@@ -81,17 +78,62 @@ def _list_folder(data, split):
     raise ValueError(f'{root} has class folders {unknown[:5]} that the train split '
                      f'{data.train_split!r} lacks; labels come from the train split.')
   paths, labels = [], []
+  extensions = tuple(e.encode() for e in IMAGE_EXTENSIONS)
   for label, name in enumerate(classes):
-    folder = os.path.join(root, name)
+    folder = os.fsencode(os.path.join(root, name))
     if not os.path.isdir(folder):
       continue
     for f in sorted(os.listdir(folder)):
-      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'):
+      if f.lower().endswith(extensions) and not f.startswith(b'.'):
         paths.append(os.path.join(folder, f))
         labels.append(label)
   if not paths:
     raise FileNotFoundError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {root}/<class>/.')
   return paths, labels
+
+
+def display_name(name):
+  """A file name (bytes or str) as printable text; bytes that are not UTF-8 as \\xNN."""
+  return name.decode('utf-8', 'backslashreplace') if isinstance(name, bytes) else name
+
+
+def splits(data):
+  """The split names the dataset has (sub-folders of a folder root, or TFDS's)."""
+  if data.dataset == 'folder':
+    root = _folder_root(data)
+    _check_folder(data, root)
+    return sorted(d for d in os.listdir(root)
+                  if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
+  return list(_tfds_builder(data).info.splits)
+
+
+def describe(data):
+  """The dataset a config.data names, in words."""
+  if data.dataset == 'folder':
+    return f'folder {_folder_root(data)}'
+  return f'TFDS {data.dataset!r} in {data.data_dir or "the default data_dir"}'
+
+
+def _read_files(paths, on_bad_image):
+  """The bytes of each file (a cached folder); unreadable files raise or are left out.
+
+  Returns (kept indices, their bytes, the names of the files left out).
+  """
+  kept, encoded, skipped = [], [], []
+  for i, path in enumerate(paths):
+    try:
+      with open(path, 'rb') as f:
+        encoded.append(f.read())
+      kept.append(i)
+    except OSError as e:
+      name = display_name(path)
+      if on_bad_image != 'skip':
+        raise ValueError(f'Cannot read image {name}: {e.strerror}. Remove or replace the '
+                         "file, or set config.data.on_bad_image='skip' to skip bad images "
+                         'and count them.') from e
+      logging.warning('Skipped an image that cannot be read: %s (%s)', name, e.strerror)
+      skipped.append(name)
+  return kept, encoded, skipped
 
 
 def _tfds_builder(data):
@@ -129,8 +171,6 @@ def mean(data, image_size):
   """What normalize subtracts: float32 [3] per-channel, or [s, s, 3] (the mean image's centre)."""
   if data.mean == 'channel':
     return np.asarray(preprocessing.CHANNEL_MEAN, np.float32)
-  if data.mean != 'image':
-    raise ValueError(f"config.data.mean={data.mean!r}: use 'channel' or 'image'.")
   path = mean_image_path(data)
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -144,20 +184,22 @@ def mean(data, image_size):
 # A stream is a tf.data.Dataset of undecoded examples {'encoded' (bytes, or '' with
 # 'path'), 'label', 'file_name', 'position' (int64 for the augmentation seed, -1 = pad)}.
 
-def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
+def _folder_stream(data, split, *, train, seed, rows, start_step, batch):
   """This process's examples of a folder split, in global-batch order (see module doc).
 
   rows: (row, rows): this process reads rows [row*b, (row+1)*b) of each global batch of
   rows*b examples (b = `batch`). Evaluation pads the last global batch to full size.
   """
   paths, labels = _list_folder(data, split)
+  encoded_t, skipped = None, []
+  if data.cache:  # All the split's bytes in memory: for small datasets.
+    kept, encoded, skipped = _read_files(paths, data.on_bad_image)
+    paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+    encoded_t = tf.constant(encoded)
   n, (row, num_rows) = len(paths), rows
   global_batch = batch * num_rows
   paths_t = tf.constant(paths)
   labels_t = tf.constant(labels, tf.int32)
-  encoded_t = None
-  if data.cache:  # All the split's bytes in memory: for small datasets.
-    encoded_t = tf.constant([tf.io.gfile.GFile(p, 'rb').read() for p in paths])
 
   def mine(ids):
     """This process's rows of each global batch, ids: [steps * global_batch]."""
@@ -174,6 +216,7 @@ def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
 
   if train:
     steps = n // global_batch
+    first_epoch, skip = divmod(start_step, max(steps, 1))
 
     def epoch(e):
       ids = tf.random.experimental.stateless_shuffle(
@@ -182,7 +225,7 @@ def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
       return tf.data.Dataset.from_tensor_slices(
           (mine(ids[:steps * global_batch]), mine(positions)))
 
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip * batch)
   else:
     padded = -(-n // global_batch) * global_batch
     ids = tf.concat([tf.range(n, dtype=tf.int64),
@@ -191,10 +234,10 @@ def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
   real = None
   if not train:
     real = int((np.arange(padded).reshape(-1, num_rows, batch)[:, row] < n).sum())
-  return ds.map(lookup_fn), real
+  return ds.map(lookup_fn), real, skipped
 
 
-def _tfds_stream(data, split, *, train, seed, shard, first_epoch, skip, batch):
+def _tfds_stream(data, split, *, train, seed, shard, start_step, batch):
   """This process's even split of a TFDS split; eval padded to the largest split's batches."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _tfds_builder(data)
@@ -216,12 +259,13 @@ def _tfds_stream(data, split, *, train, seed, shard, first_epoch, skip, batch):
   if train:
     steps_per_epoch = sum(sizes) // (batch * count)
     per_epoch = steps_per_epoch * batch
+    first_epoch, skip = divmod(start_step, max(steps_per_epoch, 1))
 
     def epoch(e):
       return (base.shuffle(data.shuffle_buffer, seed=seed * 100003 + e)
               .take(per_epoch).enumerate(e * per_epoch))
 
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip * batch)
   else:
     padded = -(-max(sizes) // batch) * batch
     ds = base.enumerate().concatenate(tf.data.Dataset.from_tensors(
@@ -234,7 +278,7 @@ def _tfds_stream(data, split, *, train, seed, shard, first_epoch, skip, batch):
     ex['position'] = tf.where(position >= 0, position * count + index, -1)
     return ex
 
-  return ds.map(with_position), (None if train else sizes[index])
+  return ds.map(with_position), (None if train else sizes[index]), []
 
 
 # --------------------------------------------------------------------------- decoding --
@@ -280,18 +324,19 @@ class Batches:
   """Iterator of NumPy batches that notices examples the decoder dropped.
 
   Each element carries its place in this process's stream ('index'); a gap means an image
-  failed to decode. on_bad_image='error' raises ValueError naming the file; 'skip' logs it
-  and appends it to `skipped`.
+  failed to read or decode. on_bad_image='error' raises ValueError naming the file; 'skip'
+  logs it and appends its name to `skipped` (which starts with the files a cached folder
+  could not read).
   """
 
-  def __init__(self, ds, names, on_bad_image, with_file_names, total=None):
+  def __init__(self, ds, names, data, with_file_names, total=None, skipped=()):
     self._it = iter(ds.as_numpy_iterator())
     self._names = names  # Dataset of file names, in stream order.
-    self._on_bad_image = on_bad_image
+    self._data = data
     self._with_file_names = with_file_names
     self._total = total  # Stream length (evaluation), to notice a dropped tail.
     self._next_index = 0
-    self.skipped = []
+    self.skipped = list(skipped)
 
   def __iter__(self):
     return self
@@ -300,13 +345,13 @@ class Batches:
     if hi <= lo:
       return
     for name in self._names.skip(lo).take(hi - lo).as_numpy_iterator():
-      name = name.decode()
-      error = _decode_error(name)
-      if self._on_bad_image != 'skip':
+      error = _decode_error(name, self._data.dataset == 'folder')
+      name = display_name(name)
+      if self._data.on_bad_image != 'skip':
         raise ValueError(
-            f'Cannot decode image {name}: {error}. Remove or replace the file, or set '
+            f'Cannot use image {name}: {error}. Remove or replace the file, or set '
             "config.data.on_bad_image='skip' to skip bad images and count them.")
-      logging.warning('Skipped an image that does not decode: %s (%s)', name, error)
+      logging.warning('Skipped an image that cannot be used: %s (%s)', name, error)
       self.skipped.append(name)
 
   def __next__(self):
@@ -334,16 +379,20 @@ class Batches:
         self._missing(int(i), int(i) + 1)
 
 
-def _decode_error(name_or_bytes):
-  """The decoder's message for a file that fails to decode (eagerly, outside tf.data)."""
-  if isinstance(name_or_bytes, str) and not os.path.exists(name_or_bytes):
-    return 'stored in the TFDS dataset'
+def _decode_error(name, in_folder):
+  """Why the file `name` (bytes) failed in the pipeline, found again outside tf.data: the
+  OS's error for a folder's file that cannot be read, else the decoder's message."""
+  if not in_folder:
+    return 'its bytes, stored in the TFDS dataset, do not decode'
   try:
-    encoded = (tf.io.read_file(name_or_bytes) if isinstance(name_or_bytes, str)
-               else name_or_bytes)
-    preprocessing.decode_rgb(encoded)
+    with open(name, 'rb') as f:
+      encoded = f.read()
+  except OSError as e:
+    return f'cannot be read ({e.strerror})'
+  try:
+    preprocessing.decode_rgb(tf.constant(encoded))
     return 'the decoder failed on it inside the pipeline'
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+  except tf.errors.InvalidArgumentError as e:
     return e.message.splitlines()[0] if e.message else type(e).__name__
 
 
@@ -376,30 +425,13 @@ def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
     with_file_names: also yield 'file_name' (bytes [b]).
   """
   index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
-  if global_batch_size % count:
-    raise ValueError(f'The global batch size {global_batch_size} must be divisible by '
-                     f'the {count} processes that read data.')
-  if num_views not in (1, 10):
-    raise ValueError(f'num_views={num_views}: use 1 (centre crop) or 10 (the paper\'s views).')
-  if data.on_bad_image not in ('error', 'skip'):
-    raise ValueError(f"config.data.on_bad_image={data.on_bad_image!r}: 'error' or 'skip'.")
-  if image_size > data.resize_size:
-    raise ValueError(f'config.data.image_size={image_size} exceeds resize_size='
-                     f'{data.resize_size}.')
   batch = global_batch_size // count
-  total = num_examples(data, split)
-  steps_per_epoch = total // global_batch_size
-  if train and steps_per_epoch == 0:
-    raise ValueError(f'The global batch size {global_batch_size} exceeds the {total} '
-                     f'examples of {split!r}.')
-  first_epoch, skip_steps = divmod(start_step, max(steps_per_epoch, 1))
-  kwargs = dict(train=train, seed=seed, first_epoch=first_epoch, skip=skip_steps * batch,
-                batch=batch)
+  kwargs = dict(train=train, seed=seed, start_step=start_step, batch=batch)
   if data.dataset == 'folder':
-    stream, real_total = _folder_stream(data, split, rows=(index, count), **kwargs)
+    stream, real_total, skipped = _folder_stream(data, split, rows=(index, count), **kwargs)
     stream = stream.map(lambda ex: dict(ex, file_name=ex['path']))
   else:
-    stream, real_total = _tfds_stream(data, split, shard=(index, count), **kwargs)
+    stream, real_total, skipped = _tfds_stream(data, split, shard=(index, count), **kwargs)
   stream = stream.enumerate()  # 'index': place in this process's stream; pads come last.
 
   def decode(i, ex):
@@ -417,5 +449,5 @@ def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(_options(data))
   names = stream.map(lambda i, ex: ex['file_name'])
-  return Batches(ds, names, data.on_bad_image, with_file_names,
-                 total=None if train else real_total)
+  return Batches(ds, names, data, with_file_names, total=None if train else real_total,
+                 skipped=skipped)

@@ -41,7 +41,7 @@ LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7', 'l
 WIDTHS = {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256,
           'fc6': 4096, 'fc7': 4096}
 
-INITS = ('paper', 'original_code', 'he')
+INITS = ('paper', 'original_code', 'bvlc', 'he')
 
 
 def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1):
@@ -200,21 +200,25 @@ def spatial_norm(x, *, size=5, scale=4e-5, power=0.75):
   return (x * (1.0 + scale * window) ** -power).astype(x.dtype)
 
 
-def initializers(scheme, layer):
+def initializers(scheme, layer, bias=1.0):
   """(kernel_init, bias_init) for ``layer`` under an initialisation scheme.
 
-  'paper': weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0
-    (Section 5). 'original_code': the same but conv3-conv5 weights N(0, 0.03)
-    (layer-params-145.cfg). 'he': He-normal weights, zero biases, for modern training
-    (with inputs divided by the pixels' standard deviation: config.data.std, preset 'he').
+  'paper': weights N(0, 0.01); biases ``bias`` (the paper: 1) in conv2, conv4, conv5, fc6,
+    fc7, else 0 (Section 5). 'original_code': the same but conv3-conv5 weights N(0, 0.03)
+    (layer-params-145.cfg). 'bvlc': Caffe's replication (train_val.prototxt): the same but
+    fc6 and fc7 weights N(0, 0.005), used with ``bias`` 0.1. 'he': He-normal weights, zero
+    biases, for modern training (with inputs divided by the pixels' standard deviation:
+    config.data.std, preset 'he').
   """
-  if scheme not in INITS:
-    raise ValueError(f'model.init_scheme={scheme!r}: choose one of {INITS}.')
   if scheme == 'he':
     return nn.initializers.he_normal(), nn.initializers.zeros
-  std = 0.03 if scheme == 'original_code' and layer in ('conv3', 'conv4', 'conv5') else 0.01
-  bias = 1.0 if layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
-  return nn.initializers.normal(std), nn.initializers.constant(bias)
+  std = 0.01
+  if scheme == 'original_code' and layer in ('conv3', 'conv4', 'conv5'):
+    std = 0.03
+  if scheme == 'bvlc' and layer in ('fc6', 'fc7'):
+    std = 0.005
+  value = bias if layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
+  return nn.initializers.normal(std), nn.initializers.constant(value)
 
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
@@ -295,6 +299,7 @@ class AlexNet(nn.Module):
   pool_stride: int = 2
   dropout_rate: float = 0.5
   init_scheme: str = 'paper'
+  init_bias: float = 1.0  # Biases of conv2, conv4, conv5, fc6, fc7 at init (BVLC: 0.1).
   lrn1_before_relu: bool = False  # Original code: LRN1 normalises conv1's pre-activation.
   spatial_norm: bool = False  # Original code: a 5x5 same-channel norm after LRN2.
   conv1_padding: str = 'paper'  # 'paper': 224 input padded (0, 3); 'valid': 227, Caffe.
@@ -325,12 +330,12 @@ class AlexNet(nn.Module):
                        "input) or 'valid' (227 input).")
 
     def conv(name, x, kernel_size, stride=1, padding='SAME', groups=1):
-      kernel_init, bias_init = initializers(self.init_scheme, name)
+      kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
       return Conv(WIDTHS[name] // shards, kernel_size, stride, padding, groups,
                   self.group_impl, kernel_init, bias_init, dtype, name=name)(x)
 
     def dense(name, x, features):
-      kernel_init, bias_init = initializers(self.init_scheme, name)
+      kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
       return nn.Dense(features // shards, kernel_init=kernel_init, bias_init=bias_init,
                       dtype=dtype, param_dtype=jnp.float32, name=name)(x)
 

@@ -10,8 +10,8 @@
     python -m alexnet_jax.prepare mean --dataset=folder --data_dir=OUT
     # A folder of class folders -> root/train and root/validation (last fraction held out):
     python -m alexnet_jax.prepare split-folder --src=DIR --out=OUT --holdout=0.1
-    # The embedded sample in data/sample, cut from the Imagenette tar of ../shared/data:
-    python -m alexnet_jax.prepare sample --tar=../shared/data/imagenette224-train.tar
+    # The embedded sample (data/sample), cut from Imagenette's tar of 224 x 224 JPEGs:
+    python -m alexnet_jax.prepare sample --tar=imagenette224-train.tar --out=data/sample
 """
 
 import os
@@ -82,7 +82,7 @@ def resize(dataset, data_dir, out, splits, size=256, quality=95):
         for image, label, name in zip(images, labels, names):
           folder = os.path.join(out, split, classes[label])
           os.makedirs(folder, exist_ok=True)
-          stem = os.path.splitext(os.path.basename(name.decode()))[0]
+          stem = os.path.splitext(os.path.basename(os.fsdecode(name)))[0]
           tf.io.write_file(os.path.join(folder, stem + '.JPEG'),
                            tf.io.encode_jpeg(image, quality=quality))
         progress.update(len(images))
@@ -150,7 +150,7 @@ def main(argv):
   elif command == 'split-folder':
     split_folder(FLAGS.src, FLAGS.out, FLAGS.holdout)
   elif command == 'sample':
-    cut_sample(FLAGS.tar, FLAGS.out or input_pipeline.SAMPLE_DIR, FLAGS.train_per_class,
+    cut_sample(FLAGS.tar, FLAGS.out, FLAGS.train_per_class,
                FLAGS.eval_per_class)
 
 

@@ -39,7 +39,8 @@ def decode_rgb(image_bytes):
   """Decodes a JPEG (RGB, grayscale or CMYK), PNG, GIF, BMP or WebP to RGB.
 
   ImageNet holds CMYK and grayscale JPEGs and one PNG named .JPEG; all come out as three
-  RGB channels. Bytes that are not an image, or a truncated JPEG, raise
+  RGB channels. EXIF orientation tags are ignored: pixels come out as stored, as TFDS, PIL's
+  Image.open and the original code read ImageNet (its labels and boxes refer to them). Bytes that are not an image, or a truncated JPEG, raise
   tf.errors.InvalidArgumentError when the op runs ('Unknown image file format...',
   'jpeg::Uncompress failed...'); TF returns no partial image.
 

@@ -58,7 +58,7 @@ def main(argv):
     root = FLAGS.data
     if not root:
       root = os.path.join(tmp, 'sample256')
-      prepare.resize('folder', input_pipeline.SAMPLE_DIR, root, ['train'], 256)
+      prepare.resize('folder', sample.SAMPLE_DIR, root, ['train'], 256)
     rate = measure(root, batch, batches, warmup, FLAGS.cache)
   n = cores()
   result = {'train_images_per_sec': rate, 'train_images_per_sec_per_core': rate / n,

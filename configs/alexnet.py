@@ -41,7 +41,9 @@ def get_config(arg=''):
   config.model.pool_window = 3  # Overlapping pooling z = 3, s = 2 (Section 3.4).
   config.model.pool_stride = 2
   config.model.dropout_rate = 0.5  # fc6 and fc7 (Section 4.2).
-  config.model.init_scheme = 'paper'  # 'paper' | 'original_code' (conv3-5 std 0.03) | 'he'.
+  # 'paper' | 'original_code' (conv3-5 std 0.03) | 'bvlc' (fc6-7 std 0.005) | 'he'.
+  config.model.init_scheme = 'paper'
+  config.model.init_bias = 1.0  # Biases of conv2, conv4, conv5, fc6, fc7 (Section 5).
   config.model.lrn1_before_relu = False  # Code: True (LRN1 on conv1's pre-activation).
   config.model.spatial_norm = False  # Code: True (5x5 norm after LRN2; not in the paper).
   config.model.conv1_padding = 'paper'  # 224 input padded (0, 3); 'valid' = Caffe's 227.
@@ -52,7 +54,6 @@ def get_config(arg=''):
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'imagenet2012'  # TFDS name, or 'folder' for root/<split>/<class>.
   config.data.data_dir = ''  # TFDS data_dir, or the folder root; '' = TFDS default.
-  config.data.manual_dir = ''  # Where the official ILSVRC2012 tars are (TFDS manual_dir).
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
   config.data.image_size = 224  # Training crop; 227 with model.conv1_padding = 'valid'.
@@ -88,9 +89,9 @@ def get_config(arg=''):
 
   # --- Mesh -----------------------------------------------------------------------------
   config.mesh = ml_collections.ConfigDict()
-  # 2: a column per device, as the paper's two GPUs; 1: none; 0: 2 if the device count
-  # is even, else 1.
-  config.mesh.model = 2
+  # 2: a column per device, as the paper's two GPUs; 1: none; 0: choose, 2 wherever the
+  # device count is even (and the net has two columns), else 1.
+  config.mesh.model = 0
   config.mesh.data = -1  # -1: all remaining devices.
 
   # --- Loop, logging, checkpoints -------------------------------------------------------

@@ -17,7 +17,7 @@ from configs import alexnet
 def get_config(arg=''):
   config = alexnet.get_config(arg)
   config.data.dataset = 'folder'
-  config.data.data_dir = ''  # Required: the root holding train/ and validation/.
+  config.data.data_dir = ''  # Required (--config.data.data_dir): root of train/, validation/.
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
   config.model.num_classes = 10

@@ -1,12 +1,13 @@
 """Per-image preprocessing against PIL, NumPy slicing and NumPy statistics.
 
-Real photographs come from the Imagenette tar in ../shared/data (224 x 224 JPEGs); other
-sizes and formats are made from them with PIL. Images whose pixels encode their own
+Real photographs come from the embedded sample, data/sample (ImageNet photographs of
+Imagenette's classes, 224 on the shorter side, JPEG); other sizes and formats are made from
+them with PIL. Images whose pixels encode their own
 coordinates (channel 0 = row, channel 1 = column) make crops exactly checkable.
 """
 
 import io
-import tarfile
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,26 +17,18 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import preprocessing as pp
+from configs import sample
 
 PER_CLASS = 10  # Imagenette images extracted per class: 100 in all.
 
 
 @pytest.fixture(scope='module')
-def imagenette_paths(shared_data, tmp_path_factory):
-  """Paths of 100 Imagenette JPEGs, the first ten of each class, in a temporary folder."""
-  root = tmp_path_factory.mktemp('imagenette')
-  taken = {}
-  with tarfile.open(shared_data / 'imagenette224-train.tar') as tar:
-    for member in sorted((m for m in tar.getmembers() if m.isfile()),
-                         key=lambda m: m.name):
-      wnid = member.name.split('/')[-2]
-      if len(taken.setdefault(wnid, [])) < PER_CLASS:
-        path = root / wnid / member.name.split('/')[-1]
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(tar.extractfile(member).read())
-        taken[wnid].append(path)
-  assert len(taken) == 10
-  return [p for paths in taken.values() for p in paths]
+def imagenette_paths():
+  """Paths of 100 real photographs of the embedded sample: the first ten of each class."""
+  root = pathlib.Path(sample.SAMPLE_DIR) / 'train'
+  paths = [p for wnid in sorted(root.iterdir()) for p in sorted(wnid.iterdir())[:PER_CLASS]]
+  assert len(paths) == 10 * PER_CLASS
+  return paths
 
 
 @pytest.fixture(scope='module')
@@ -107,6 +100,18 @@ def test_decode_rgb_jpeg_matches_pil(photos, imagenette_paths):
     # TF's default DCT (fast integer) and PIL's (accurate) differ by about 1 on average.
     assert mean_abs_diff(image, ref) < 1.5
     assert np.abs(image.astype(int) - ref).max() <= 8
+
+
+def test_decode_rgb_ignores_exif_orientation(photos):
+  """EXIF orientation is not applied: pixels come out as stored, as TFDS, PIL's
+  Image.open and the original code read ImageNet (a 90-degree tag would change the shape)."""
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "Rotate 90 degrees clockwise to display".
+  data = encode(np.ascontiguousarray(photos[0][:, :200]), exif=exif.tobytes())
+  assert Image.open(io.BytesIO(data)).getexif()[0x0112] == 6
+  out = pp.decode_rgb(data).numpy()
+  assert out.shape == (224, 200, 3)
+  assert mean_abs_diff(out, pil_rgb(data)) < 1.5  # The two decoders' usual difference.
 
 
 @pytest.mark.parametrize('mode', ['L', 'CMYK'])
