@@ -2,7 +2,8 @@
 
 The paper's network is two columns, one per GPU (Section 3.2, Figure 2). Every layer's
 channels are split in two halves; conv2, conv4 and conv5 read only their own column's
-maps, conv3 and fc6-fc8 read both.
+maps, conv3 and fc6-fc8 read both. LRN's window stays inside a column too, except in
+Caffe's replication (``lrn_across_columns``; configs/alexnet.py preset 'caffe').
 
 One parameter layout serves every way of running the network. The last axis of every
 kernel and bias (output channels or units) is [column 0 | column 1]; the kernels of the
@@ -298,6 +299,9 @@ class AlexNet(nn.Module):
   lrn1_before_relu: bool = False  # Original code: LRN1 normalises conv1's pre-activation.
   spatial_norm: bool = False  # Original code: a 5x5 same-channel norm after LRN2.
   conv1_padding: str = 'paper'  # 'paper': 224 input padded (0, 3); 'valid': 227, Caffe.
+  # True: the LRN window runs over all channels of the layer, across the two columns, as
+  # Caffe's bvlc_alexnet; False: inside each column, as the original code.
+  lrn_across_columns: bool = False
   group_impl: str = 'split'
   dtype: str = 'float32'  # Compute dtype; parameters are always float32.
   # Set by the model-parallel step, never by configs: the shard_map axes this call runs
@@ -334,20 +338,30 @@ class AlexNet(nn.Module):
       return nn.Dense(features // shards, kernel_init=kernel_init, bias_init=bias_init,
                       dtype=dtype, param_dtype=jnp.float32, name=name)(x)
 
-    def lrn(x):
-      if not self.lrn:
-        return x
-      return local_response_norm(x, size=self.lrn_size, k=self.lrn_k,
-                                 alpha=self.lrn_alpha, beta=self.lrn_beta, groups=groups)
-
-    def pool(x):
-      return max_pool(x, self.pool_window, self.pool_stride)
-
     def both_columns(x):
       """[..., local channels] -> [..., all channels], for the layers that cross."""
       if self.model_axis is None:
         return x
       return lax.all_gather(x, self.model_axis, axis=x.ndim - 1, tiled=True)
+
+    def lrn(x):
+      if not self.lrn:
+        return x
+      norm = functools.partial(local_response_norm, size=self.lrn_size, k=self.lrn_k,
+                               alpha=self.lrn_alpha, beta=self.lrn_beta)
+      if not self.lrn_across_columns:
+        return norm(x, groups=groups)
+      if shards == 1:
+        return norm(x)
+      # The windows at a column's edge reach into the other device's channels: normalise
+      # all channels (gathered) and keep this device's. Costs a gather of conv1's and
+      # conv2's maps and twice the LRN arithmetic; only the Caffe network does it.
+      c = x.shape[-1]
+      return lax.dynamic_slice_in_dim(norm(both_columns(x)),
+                                      lax.axis_index(self.model_axis) * c, c, axis=x.ndim - 1)
+
+    def pool(x):
+      return max_pool(x, self.pool_window, self.pool_stride)
 
     feats = {}
     x = x.astype(dtype)
