@@ -135,7 +135,8 @@ def make_train_step(config, model, mesh, state, mean):
 
   def step(state, batch):
     images = preprocessing.normalize(batch['image'], batch['lighting'], mean,
-                                     std=config.data.std)
+                                     std=config.data.std,
+                                     channel_order=config.data.channel_order)
     rng = jax.random.fold_in(dropout_key, state.step)
 
     def loss_fn(params):
@@ -177,11 +178,12 @@ def make_train_step(config, model, mesh, state, mean):
                  out_shardings=(_shardings(mesh, specs), NamedSharding(mesh, P())))
 
 
-def make_eval_step(model, mesh, params, mean, std=1.0):
+def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
   """The jitted evaluation step: (params, batch) -> summed counts over the batch.
 
   batch: {'image': uint8 [b, s, s, 3] or [b, views, s, s, 3], 'label': int32 [b],
-  'mask': bool [b]}. With views, the softmax outputs are averaged (Section 4.1).
+  'mask': bool [b]}, normalised as preprocessing.normalize (mean, std, channel_order).
+  With views, the softmax outputs are averaged (Section 4.1).
   Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples.
   """
   axes = manual_axes(mesh)
@@ -191,7 +193,7 @@ def make_eval_step(model, mesh, params, mean, std=1.0):
     images = batch['image']
     lead = images.shape[:-3]
     images = preprocessing.normalize(images.reshape((-1,) + images.shape[-3:]), None, mean,
-                                     std=std)
+                                     std=std, channel_order=channel_order)
     logits = local_model.apply({'params': params}, images, train=False)
     probs = jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
     if probs.ndim == 3:
@@ -287,6 +289,12 @@ def validate_config(config, mesh):
       (0 < config.data.image_size <= config.data.resize_size,
        'data.image_size={} must be positive and at most data.resize_size', 'data.image_size'),
       (config.data.std > 0, 'data.std={} must be positive', 'data.std'),
+      (config.data.channel_order in preprocessing.CHANNEL_ORDERS,
+       'data.channel_order={!r}: use ' + ' or '.join(preprocessing.CHANNEL_ORDERS),
+       'data.channel_order'),
+      (config.data.resize_mode in input_pipeline.RESIZE_MODES,
+       'data.resize_mode={!r}: use ' + ' or '.join(input_pipeline.RESIZE_MODES),
+       'data.resize_mode'),
       (config.data.pca_lighting_std >= 0, 'data.pca_lighting_std={} must be >= 0',
        'data.pca_lighting_std'),
       (config.num_epochs > 0 or config.num_train_steps > 0,
@@ -369,7 +377,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = checkpointing.restore_latest(manager, state, config)
   start_step = int(state.step)
   train_step = make_train_step(config, model, mesh, state, mean)
-  eval_step = make_eval_step(model, mesh, state.params, mean, config.data.std)
+  eval_step = make_eval_step(model, mesh, state.params, mean, config.data.std,
+                             config.data.channel_order)
   is_main = jax.process_index() == 0
   writer = MetricsWriter(workdir, enabled=is_main)
   logging.info('Training %d steps (%d per epoch) from step %d on a %s mesh.',
