@@ -102,19 +102,24 @@ def _per_device(fn, mesh, axes, in_specs, out_specs):
                        axis_names=set(axes))
 
 
-def create_train_state(config, model, tx, mesh):
-  """Initialises parameters from config.seed straight into their shards on `mesh`."""
+def create_train_state(config, model, tx, mesh, params=None):
+  """Initialises parameters from config.seed straight into their shards on `mesh`.
+
+  `params` (e.g. converted published weights, in the model's layout) are used instead of
+  an initialisation; the optimizer state starts fresh either way.
+  """
   plateau = optimizer.create_plateau(config)
   size = config.data.image_size
 
-  def init():
-    params = model.init({'params': jax.random.key(config.seed)},
-                        jnp.zeros((1, size, size, 3), jnp.float32), train=False)['params']
+  def init(params):
+    if params is None:
+      params = model.init({'params': jax.random.key(config.seed)},
+                          jnp.zeros((1, size, size, 3), jnp.float32), train=False)['params']
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                              plateau_state=plateau.init(params))
 
-  abstract = jax.eval_shape(init)
-  return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))()
+  abstract = jax.eval_shape(init, params)
+  return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))(params)
 
 
 def cross_entropy(logits, labels):
