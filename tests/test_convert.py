@@ -1,5 +1,5 @@
 """Published weights: Caffe's .caffemodel (both layer messages) and the NumPy export, to a
-workdir that features and training restore.
+workdir that features, evaluate, predict and training restore.
 
 No real weights are needed: synthetic files with bvlc_alexnet's layer names and shapes and
 random values are written here, converted, and the network's logits compared with
@@ -8,9 +8,12 @@ values in Caffe's own layout.
 """
 
 import functools
+import json
 import math
 import os
 import pickle
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -23,10 +26,12 @@ import torch
 from alexnet_jax import caffe_proto
 from alexnet_jax import checkpointing
 from alexnet_jax import convert
+from alexnet_jax import evaluate
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
+from alexnet_jax import predict
 from alexnet_jax import preprocessing
 from alexnet_jax import train
 from configs import alexnet
@@ -415,6 +420,131 @@ def test_main_resumes_from_a_written_workdir(small_workdir):
   for layer in params:
     for k in ('kernel', 'bias'):
       np.testing.assert_array_equal(np.asarray(state.params[layer][k]), params[layer][k])
+
+
+def test_evaluate_cli_writes_json(small_workdir, tmp_path):
+  out, _, _ = small_workdir
+  result_file = tmp_path / 'result.json'
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={out}', '--split=validation',
+       f'--out={result_file}'],
+      cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = json.loads(result_file.read_text())
+  assert json.loads(result.stdout) == got
+  assert (got['count'], got['views'], got['workdir']) == (200, 1, str(out))
+  assert 0.0 <= got['top5_error'] <= got['top1_error'] <= 1.0 and got['loss'] > 0
+
+
+def test_predict_names_a_runs_own_classes(small_workdir):
+  """A 10-class run: its classes come from its data (the sample's WordNet ids)."""
+  out, _, config = small_workdir
+  folder = os.path.join(input_pipeline.SAMPLE_DIR, 'validation', 'n01440764')
+  (ranked,) = predict.predict(str(out), [os.path.join(folder, sorted(os.listdir(folder))[0])],
+                              top=10)
+  readable = dict(zip(*input_pipeline.imagenet_classes()))
+  assert sorted(n for _, n, _ in ranked) == input_pipeline.class_names(config.data)
+  assert all(r == readable[n] for _, n, r in ranked)
+  assert 'tench, Tinca tinca' in [r for _, _, r in ranked]
+  assert sum(p for p, _, _ in ranked) == pytest.approx(1.0, abs=1e-5)
+  assert [p for p, _, _ in ranked] == sorted((p for p, _, _ in ranked), reverse=True)
+
+
+def softmax(logits):
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope='module')
+def staged(workdir, blobs, tmp_path_factory):
+  """Six sample photographs named as ILSVRC-2012 validation images, and the oracle's
+  softmax outputs for each ({views: {file name: [1000]}}, 10 views averaged) on the
+  evaluation pipeline's crops, minus the mean image's centre as Caffe subtracts it."""
+  root = tmp_path_factory.mktemp('staged')
+  sample = os.path.join(input_pipeline.SAMPLE_DIR, 'validation')
+  sources = [os.path.join(sample, wnid, f) for wnid in sorted(os.listdir(sample))[:3]
+             for f in sorted(os.listdir(os.path.join(sample, wnid)))[:2]]
+  folder = root / 'validation' / 'n01440764'
+  folder.mkdir(parents=True)
+  for i, src in enumerate(sources, 1):
+    shutil.copyfile(src, folder / f'ILSVRC2012_val_{i:08d}.JPEG')
+  _, _, config = features.load(workdir)
+  data = features.data_config(config, str(root))
+  mean_bgr = mean_image_bgr()[:, 14:241, 14:241].transpose(1, 2, 0)
+  probs = {}
+  for views in (1, 10):
+    batch = next(input_pipeline.create_split(
+        data, 'validation', global_batch_size=8, train=False, image_size=227,
+        num_views=views, shard=(0, 1), with_file_names=True))
+    keep = batch['mask']
+    crops = batch['image'][keep].reshape((-1, 227, 227, 3))
+    p = softmax(oracle_logits(blobs, crops, mean_bgr).astype(np.float64))
+    p = p.reshape(keep.sum(), views, 1000).mean(1)
+    probs[views] = {os.path.basename(n.decode()): row
+                    for n, row in zip(batch['file_name'][keep], p)}
+  return folder, probs
+
+
+def val_name(i):
+  return f'ILSVRC2012_val_{i:08d}.JPEG'
+
+
+def test_evaluate_a_folder_holding_only_its_split_with_real(staged, workdir, tmp_path):
+  """Each image is filed under a class picked by its rank in the oracle's (1-view)
+  ranking, so top-1 and top-5 are right for some images and wrong for others; the ReaL
+  lists hold the oracle's top-1 class for some images and not for others."""
+  staging, probs = staged
+  wnids, _ = input_pipeline.imagenet_classes()
+  ranking = {v: {n: [wnids[i] for i in np.argsort(-p, kind='stable')] for n, p in pv.items()}
+             for v, pv in probs.items()}
+  label_rank = {val_name(i): r for i, r in enumerate([0, 2, 0, 500, 4, 100], 1)}
+  label = {n: ranking[1][n][r] for n, r in label_rank.items()}
+  root = tmp_path / 'val_only'  # validation/ only: no train split to name the classes.
+  for name, wnid in label.items():
+    (root / 'validation' / wnid).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(staging / name, root / 'validation' / wnid / name)
+  top1 = [wnids.index(ranking[1][val_name(i)][0]) for i in range(1, 7)]
+  real = [[top1[0]], [(top1[1] + 1) % 1000], [], [3, top1[3]], [(top1[4] + 1) % 1000],
+          [top1[5]]]
+  (tmp_path / 'real.json').write_text(json.dumps(real + [[1]] * 50))  # More images.
+  real_labels = evaluate.real_labels(tmp_path / 'real.json')
+  for views in (1, 10):
+    got = evaluate.evaluate(workdir, str(root), 'validation', views, batch_size=4,
+                            real=real_labels, progress=False)
+    ranks = [ranking[views][n].index(w) for n, w in label.items()]
+    real_right = [wnids.index(ranking[views][val_name(i + 1)][0]) in r
+                  for i, r in enumerate(real) if r]
+    loss = np.mean([-np.log(probs[views][n][wnids.index(w)] + 1e-12)
+                    for n, w in label.items()])
+    print(f'views={views}: {got}')
+    assert (got['count'], got['real_count'], got['views']) == (6, 5, views)
+    assert got['top1_error'] == pytest.approx(np.mean([r > 0 for r in ranks]))
+    assert got['top5_error'] == pytest.approx(np.mean([r >= 5 for r in ranks]))
+    assert got['real_top1_error'] == pytest.approx(1.0 - np.mean(real_right))
+    assert got['loss'] == pytest.approx(loss, rel=1e-4)
+    if views == 1:  # As constructed.
+      assert (got['top1_error'], got['top5_error'], got['real_top1_error']) == \
+          pytest.approx((4 / 6, 2 / 6, 2 / 5))
+
+
+def test_predict_cli_prints_the_top5_by_name(staged, workdir):
+  staging, probs = staged
+  wnids, names = input_pipeline.imagenet_classes()
+  paths = [staging / val_name(i) for i in (1, 2)]
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.predict', f'--workdir={workdir}', *map(str, paths)],
+      cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  print(result.stdout)
+  lines = result.stdout.splitlines()
+  assert len(lines) == 12 and lines[0] == str(paths[0]) and lines[6] == str(paths[1])
+  for block, path in ((lines[1:6], paths[0]), (lines[7:12], paths[1])):
+    p = probs[1][path.name]
+    best = np.argsort(-p, kind='stable')[:5]
+    for line, i in zip(block, best):
+      prob, wnid, readable = re.match(r'  (\d\.\d{4})  (n\d{8})  (.+)$', line).groups()
+      assert (wnid, readable) == (wnids[i], names[i])
+      assert float(prob) == pytest.approx(p[i], abs=1e-4)
 
 
 def test_imagenet_class_names_are_in_wordnet_id_order():
