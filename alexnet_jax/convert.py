@@ -263,7 +263,7 @@ def main(argv):
         f'parameters, {written.model.num_classes} classes; reads {written.data.image_size} x '
         f'{written.data.image_size} {written.data.channel_order.upper()} crops minus '
         f'{subtracted}.\n'
-        f'  python -m alexnet_jax.evaluate --workdir={FLAGS.out} --data=IMAGENET\n'
+        f'  python -m alexnet_jax.evaluate --workdir={FLAGS.out} --data=imagenet2012\n'
         f'  python -m alexnet_jax.predict --workdir={FLAGS.out} IMAGE.jpg\n'
         f'  python -m alexnet_jax.features --workdir={FLAGS.out} --layer=fc7 --data=FOLDER '
         '--split=SPLIT --out=fc7.npz')
