@@ -11,6 +11,7 @@ library's functions assume a validated config and do not check again.
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
+from alexnet_jax import preprocessing
 
 DTYPES = ('float32', 'bfloat16')
 CONV1_PADDINGS = ('paper', 'valid')
@@ -50,7 +51,12 @@ def _rules(config):
        'must be positive and at most data.resize_size'),
       ('data.eval_views', d.eval_views in (1, 10), 'must be 1 (centre) or 10 (the paper)'),
       ('data.on_bad_image', d.on_bad_image in ('error', 'skip'), "must be 'error' or 'skip'"),
-      ('data.mean', d.mean in ('channel', 'image'), "must be 'channel' or 'image'"),
+      ('data.mean', d.mean in ('channel', 'image') or d.mean.endswith('.npy'),
+       "must be 'channel', 'image' or a .npy file holding a [h, w, 3] RGB mean image"),
+      ('data.channel_order', d.channel_order in preprocessing.CHANNEL_ORDERS,
+       f'must be one of {preprocessing.CHANNEL_ORDERS}'),
+      ('data.resize_mode', d.resize_mode in input_pipeline.RESIZE_MODES,
+       f'must be one of {input_pipeline.RESIZE_MODES}'),
       ('data.std', d.std > 0, 'must be positive'),
       ('data.pca_lighting_std', d.pca_lighting_std >= 0, 'must be >= 0'),
       ('data.shuffle_buffer', d.shuffle_buffer >= 1, 'must be >= 1'),

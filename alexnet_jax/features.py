@@ -26,8 +26,14 @@ from alexnet_jax import preprocessing
 
 
 def load(workdir, step=None, device=None):
-  """(model, params, config) of the checkpoint in `workdir`; params on one device."""
+  """(model, params, config) of the checkpoint in `workdir`; params on one device.
+
+  A mean-image file named in the config by a relative path (as `convert` writes it) is
+  taken relative to `workdir`.
+  """
   config = checkpointing.saved_config(workdir, step)
+  if config.data.mean not in ('channel', 'image') and not os.path.isabs(config.data.mean):
+    config.data.mean = os.path.join(os.path.abspath(workdir), config.data.mean)
   model = models.AlexNet(**config.model)
   size = config.data.image_size
   shapes = jax.eval_shape(lambda: model.init(
@@ -39,15 +45,18 @@ def load(workdir, step=None, device=None):
   return model, params, config
 
 
-def make_extract_fn(model, layers, mean, std=1.0):
-  """jitted (params, uint8 images [b, s, s, 3]) -> {layer: float32 [b, ...]}."""
+def make_extract_fn(model, layers, mean, std=1.0, channel_order='rgb'):
+  """jitted (params, uint8 images [b, s, s, 3]) -> {layer: float32 [b, ...]}.
+
+  Images are normalised as preprocessing.normalize (mean, std, channel_order).
+  """
   unknown = set(layers) - set(models.LAYERS)
   if unknown:
     raise ValueError(f'Unknown layer(s) {sorted(unknown)}; choose from {models.LAYERS}.')
 
   @jax.jit
   def extract(params, images):
-    x = preprocessing.normalize(images, None, mean, std=std)
+    x = preprocessing.normalize(images, None, mean, std=std, channel_order=channel_order)
     feats = model.apply({'params': params}, x, train=False, return_features=True)
     return {k: feats[k].astype(jnp.float32) for k in layers}
 
@@ -89,10 +98,15 @@ def extract_split(workdir, layers, split='validation', data='', batch_size=64, s
       data, split, global_batch_size=batch_size, train=False, image_size=size,
       num_views=1, shard=(0, 1), with_file_names=True)
   fn = make_extract_fn(model, layers, jnp.asarray(input_pipeline.mean(data, size)),
-                       config.data.std)
+                       config.data.std, channel_order(config))
   feats = extract(fn, params, batches, progress)
-  feats['class_names'] = np.array(input_pipeline.class_names(data))
+  feats['class_names'] = np.array(input_pipeline.class_names(data, split))
   return feats
+
+
+def channel_order(config):
+  """The channel order the checkpoint's network reads ('rgb' before the field existed)."""
+  return config.data.get('channel_order', 'rgb')
 
 
 FLAGS = flags.FLAGS

@@ -2,8 +2,10 @@
 
 Sources (`config.data.dataset`):
   'folder'     root/<split>/<class>/<image>, root = config.data.data_dir: Imagenette, the
-               embedded sample (data/sample, configs/sample.py), the 256 x 256 copy `prepare resize` writes,
-               anyone's data. Labels index the sorted class folders of the train split.
+               embedded sample (data/sample), the 256 x 256 copy `prepare resize` writes,
+               anyone's data. Labels index config.data.class_names when it is set (a
+               checkpoint's classes, e.g. ImageNet's WordNet ids), else the sorted class
+               folders of the train split, else those of the split read.
   a TFDS name  e.g. 'imagenet2012', prepared from the official tars by
                `python -m alexnet_jax.prepare imagenet2012` (README, "ImageNet").
 
@@ -39,6 +41,10 @@ from alexnet_jax import preprocessing
 
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.gif', '.webp')
 MEAN_IMAGE_FILE = 'mean_image.npy'
+# ILSVRC-2012's 1000 classes in label order (sorted WordNet ids, as TFDS imagenet2012 and
+# Caffe number them), each with its WordNet lemmas; the file says where it comes from.
+IMAGENET_CLASSES_FILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'imagenet_classes.txt')
 
 
 # ----------------------------------------------------------------------------- sources --
@@ -47,14 +53,30 @@ def _folder_root(data):
   return os.path.abspath(os.path.expanduser(data.data_dir))
 
 
-def class_names(data):
-  """The class folder names of the train split, sorted; label i is class_names[i]."""
+def class_names(data, split=None):
+  """Label i's name is class_names(data)[i].
+
+  config.data.class_names when set; else, for folders, the sorted class folders of the
+  train split, or of `split` where the root has no train split (a folder holding only
+  the evaluated split); for TFDS, its label names.
+  """
+  if data.get('class_names'):
+    return list(data.class_names)
   if data.dataset == 'folder':
     root = os.path.join(_folder_root(data), data.train_split)
+    if split is not None and not os.path.isdir(root):
+      root = os.path.join(_folder_root(data), split)
     _check_folder(data, root)
     return sorted(d for d in os.listdir(root)
                   if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
   return list(_tfds_builder(data).info.features['label'].names)
+
+
+def imagenet_classes():
+  """(WordNet ids, names): ILSVRC-2012's 1000 classes in label order."""
+  with open(IMAGENET_CLASSES_FILE) as f:
+    rows = [line.rstrip('\n').split(' ', 1) for line in f if not line.startswith('#')]
+  return [r[0] for r in rows], [r[1] for r in rows]
 
 
 def _check_folder(data, path):
@@ -69,14 +91,16 @@ def _check_folder(data, path):
 def _list_folder(data, split):
   """Sorted (paths, labels) of root/<split>/<class>/<image>; paths are bytes, so file names
   that are not UTF-8 are read like any other."""
-  classes = class_names(data)
+  classes = class_names(data, split)
   root = os.path.join(_folder_root(data), split)
   _check_folder(data, root)
   unknown = sorted(set(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
                    - set(classes))
   if unknown:
-    raise ValueError(f'{root} has class folders {unknown[:5]} that the train split '
-                     f'{data.train_split!r} lacks; labels come from the train split.')
+    source = ('config.data.class_names' if data.get('class_names')
+              else f'the train split {data.train_split!r}')
+    raise ValueError(f'{root} has class folders {unknown[:5]} that {source} lacks; '
+                     'labels come from there.')
   paths, labels = [], []
   extensions = tuple(e.encode() for e in IMAGE_EXTENSIONS)
   for label, name in enumerate(classes):
@@ -168,16 +192,26 @@ def mean_image_path(data):
 
 
 def mean(data, image_size):
-  """What normalize subtracts: float32 [3] per-channel, or [s, s, 3] (the mean image's centre)."""
+  """What normalize subtracts, RGB: float32 [3] per-channel (config.data.channel_mean),
+  or [s, s, 3], the centre of a mean image ('image': `prepare mean`'s; or a .npy file)."""
   if data.mean == 'channel':
-    return np.asarray(preprocessing.CHANNEL_MEAN, np.float32)
-  path = mean_image_path(data)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"config.data.mean='image' needs the mean image {path}; compute it with "
-        f'`python -m alexnet_jax.prepare mean --dataset={data.dataset} '
-        f'--data_dir={data.data_dir} --split={data.train_split}`.')
-  return preprocessing.mean_for_crop(np.load(path).astype(np.float32), image_size)
+    return np.asarray(data.get('channel_mean', preprocessing.CHANNEL_MEAN), np.float32)
+  if data.mean == 'image':
+    path = mean_image_path(data)
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f"config.data.mean='image' needs the mean image {path}; compute it with "
+          f'`python -m alexnet_jax.prepare mean --dataset={data.dataset} '
+          f'--data_dir={data.data_dir} --split={data.train_split}`.')
+  else:
+    path = data.mean
+    if not (path.endswith('.npy') and os.path.exists(path)):
+      raise ValueError(f"config.data.mean={data.mean!r}: use 'channel', 'image' or an "
+                       'existing .npy file holding a [h, w, 3] RGB mean image.')
+  image = np.load(path).astype(np.float32)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'The mean image {path} has shape {image.shape}; expected [h, w, 3].')
+  return preprocessing.mean_for_crop(image, image_size)
 
 
 # ------------------------------------------------------------------- example streams --
@@ -289,16 +323,50 @@ def _encoded(ex):
                  lambda: ex['encoded'], lambda: tf.io.read_file(ex['path']))
 
 
+RESIZE_MODES = ('shorter', 'warp')
+
+
+def _resize_mode(data):
+  mode = data.get('resize_mode', 'shorter')  # Absent from configs saved before it existed.
+  if mode not in RESIZE_MODES:
+    raise ValueError(f'config.data.resize_mode={mode!r}: use one of {RESIZE_MODES}.')
+  return mode
+
+
 def _train_example(ex, seed, image_size, data):
   """Random crop and flip of the 256 x 256 image, and a PCA lighting offset."""
   key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64),
                                                  ex['position'])
   crop_seed, light_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-  image = preprocessing.decode_and_random_crop(
-      _encoded(ex), image_size, crop_seed, resize_size=data.resize_size, flip=data.flip)
+  if _resize_mode(data) == 'warp':
+    image = preprocessing.random_crop_and_flip(
+        preprocessing.warp_resize(preprocessing.decode_rgb(_encoded(ex)), data.resize_size),
+        image_size, crop_seed, flip=data.flip)
+  else:
+    image = preprocessing.decode_and_random_crop(
+        _encoded(ex), image_size, crop_seed, resize_size=data.resize_size, flip=data.flip)
   lighting = (preprocessing.pca_lighting(light_seed, data.pca_lighting_std)
               if data.pca_lighting_std > 0 else tf.zeros([3], tf.float32))
   return {'image': image, 'lighting': lighting, 'label': ex['label']}
+
+
+def eval_image(encoded, image_size, num_views, data):
+  """An image's evaluation input: the centre crop, or the ten views, of its stored
+  resize_size x resize_size version (shorter side or warp, config.data.resize_mode).
+
+  Args:
+    encoded: scalar tf.string, the file's bytes.
+  Returns:
+    uint8 [s, s, 3], or [10, s, s, 3] with num_views=10.
+  """
+  image = preprocessing.decode_rgb(encoded)
+  if _resize_mode(data) == 'warp':
+    image = preprocessing.warp_resize(image, data.resize_size)
+  else:
+    image = preprocessing.resize_shorter_and_center_crop(image, data.resize_size)
+  if num_views == 10:
+    return preprocessing.ten_views(image, image_size)
+  return preprocessing.center_crop(image, image_size)
 
 
 def _eval_example(ex, image_size, num_views, data):
@@ -307,11 +375,7 @@ def _eval_example(ex, image_size, num_views, data):
   real = ex['position'] >= 0
 
   def decode():
-    image = preprocessing.resize_shorter_and_center_crop(
-        preprocessing.decode_rgb(_encoded(ex)), data.resize_size)
-    if num_views == 10:
-      return preprocessing.ten_views(image, image_size)
-    return preprocessing.center_crop(image, image_size)
+    return eval_image(_encoded(ex), image_size, num_views, data)
 
   image = tf.cond(real, decode, lambda: tf.zeros(shape, tf.uint8))
   image = tf.ensure_shape(image, shape)

@@ -122,19 +122,24 @@ def _per_device(fn, mesh, axes, in_specs, out_specs):
                        axis_names=set(axes))
 
 
-def create_train_state(config, model, tx, mesh):
-  """Initialises parameters from config.seed straight into their shards on `mesh`."""
+def create_train_state(config, model, tx, mesh, params=None):
+  """Initialises parameters from config.seed straight into their shards on `mesh`.
+
+  `params` (e.g. converted published weights, in the model's layout) are used instead of
+  an initialisation; the optimizer state starts fresh either way.
+  """
   plateau = optimizer.create_plateau(config)
   size = config.data.image_size
 
-  def init():
-    params = model.init({'params': jax.random.key(config.seed)},
-                        jnp.zeros((1, size, size, 3), jnp.float32), train=False)['params']
+  def init(params):
+    if params is None:
+      params = model.init({'params': jax.random.key(config.seed)},
+                          jnp.zeros((1, size, size, 3), jnp.float32), train=False)['params']
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                              plateau_state=plateau.init(params))
 
-  abstract = jax.eval_shape(init)
-  return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))()
+  abstract = jax.eval_shape(init, params)
+  return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))(params)
 
 
 def cross_entropy(logits, labels):
@@ -155,7 +160,8 @@ def make_train_step(config, model, mesh, state, mean):
 
   def step(state, batch):
     images = preprocessing.normalize(batch['image'], batch['lighting'], mean,
-                                     std=config.data.std)
+                                     std=config.data.std,
+                                     channel_order=config.data.channel_order)
     rng = jax.random.fold_in(dropout_key, state.step)
 
     def loss_fn(params):
@@ -197,11 +203,12 @@ def make_train_step(config, model, mesh, state, mean):
                  out_shardings=(_shardings(mesh, specs), NamedSharding(mesh, P())))
 
 
-def make_eval_step(model, mesh, params, mean, std=1.0):
+def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
   """The jitted evaluation step: (params, batch) -> summed counts over the batch.
 
   batch: {'image': uint8 [b, s, s, 3] or [b, views, s, s, 3], 'label': int32 [b],
-  'mask': bool [b]}. With views, the softmax outputs are averaged (Section 4.1).
+  'mask': bool [b]}, normalised as preprocessing.normalize (mean, std, channel_order).
+  With views, the softmax outputs are averaged (Section 4.1).
   Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples;
   top-5 is top-min(5, classes).
   """
@@ -212,7 +219,7 @@ def make_eval_step(model, mesh, params, mean, std=1.0):
     images = batch['image']
     lead = images.shape[:-3]
     images = preprocessing.normalize(images.reshape((-1,) + images.shape[-3:]), None, mean,
-                                     std=std)
+                                     std=std, channel_order=channel_order)
     logits = local_model.apply({'params': params}, images, train=False)
     probs = jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
     if probs.ndim == 3:
@@ -481,7 +488,8 @@ def _train(config, workdir, mesh, num_train, preemption):
   first = next(batches)
   train_step, eval_step = compile_steps(
       make_train_step(config, model, mesh, state, mean),
-      make_eval_step(model, mesh, state.params, mean, config.data.std),
+      make_eval_step(model, mesh, state.params, mean, config.data.std,
+                     config.data.channel_order),
       state, config, mesh, first, config.data.eval_views)
   ocp.multihost.sync_global_processes('alexnet_jax: compiled', timeout=1800)
   progress = Progress(total_steps, start_step, steps_per_epoch, enabled=is_main)

@@ -96,6 +96,46 @@ def test_eval_views_are_the_documented_views():
   np.testing.assert_array_equal(single['image'][0], views[2])
 
 
+def test_warp_resize_mode_evaluates_and_trains_on_the_warped_image():
+  """resize_mode='warp' (Caffe): the whole image at 256 x 256, then the crops."""
+  data = data_config(resize_mode='warp')
+  warped = lambda name: preprocessing.warp_resize(
+      preprocessing.decode_rgb(tf.io.read_file(name.decode())), 256).numpy()
+  batch = next(input_pipeline.create_split(
+      data, 'validation', global_batch_size=2, train=False, image_size=227,
+      with_file_names=True, shard=(0, 1)))
+  np.testing.assert_array_equal(batch['image'][0], warped(batch['file_name'][0])[14:241, 14:241])
+  batch = next(input_pipeline.create_split(
+      data, 'train', global_batch_size=2, train=True, image_size=227, with_file_names=True,
+      shard=(0, 1)))
+  crop, image = batch['image'][0], warped(batch['file_name'][0])
+  assert any(np.array_equal(view[y:y + 227, x:x + 227], crop)
+             for view in (image, image[:, ::-1]) for y in range(30) for x in range(30))
+  with pytest.raises(ValueError, match="resize_mode='crop'"):
+    next(input_pipeline.create_split(data_config(resize_mode='crop'), 'validation',
+                                     global_batch_size=2, train=False, shard=(0, 1)))
+
+
+def test_labels_from_config_class_names_and_a_folder_with_only_its_split(tmp_path):
+  """A checkpoint's classes (config.data.class_names) name the labels; with none, a
+  root without a train split takes the evaluated split's folders."""
+  for split_class in ('b', 'd'):
+    (tmp_path / 'validation' / split_class).mkdir(parents=True)
+    tf.io.write_file(str(tmp_path / 'validation' / split_class / 'x.JPEG'),
+                     tf.io.encode_jpeg(np.full((40, 40, 3), 9, np.uint8)))
+  named = data_config(data_dir=str(tmp_path), class_names=('a', 'b', 'c', 'd'))
+  assert input_pipeline.class_names(named, 'validation') == ['a', 'b', 'c', 'd']
+  batch = next(input_pipeline.create_split(named, 'validation', global_batch_size=2,
+                                           train=False, image_size=32, shard=(0, 1)))
+  assert list(batch['label']) == [1, 3]
+  own = data_config(data_dir=str(tmp_path))
+  assert input_pipeline.class_names(own, 'validation') == ['b', 'd']
+  assert input_pipeline.num_examples(own, 'validation') == 2
+  with pytest.raises(ValueError, match=r"\['d'\] that config.data.class_names lacks"):
+    input_pipeline.num_examples(data_config(data_dir=str(tmp_path), class_names=('b',)),
+                                'validation')
+
+
 def test_processes_share_eval_exactly_once_with_equal_batch_counts():
   data = data_config()
   seen, counts = [], []
@@ -195,6 +235,13 @@ def test_mean_image_missing_and_present(tmp_path):
   np.testing.assert_array_equal(input_pipeline.mean(data, 224), mean_image[16:240, 16:240])
   np.testing.assert_allclose(input_pipeline.mean(data_config(), 224),
                              preprocessing.CHANNEL_MEAN)
+  # A mean-image file named in the config (what `convert --mean` writes), and channel means.
+  data = data_config(mean=str(root / input_pipeline.MEAN_IMAGE_FILE))
+  np.testing.assert_array_equal(input_pipeline.mean(data, 224), mean_image[16:240, 16:240])
+  with pytest.raises(ValueError, match="config.data.mean='nowhere.npy'"):
+    input_pipeline.mean(data_config(mean='nowhere.npy'), 224)
+  np.testing.assert_allclose(input_pipeline.mean(data_config(channel_mean=(1., 2., 3.)), 224),
+                             [1, 2, 3])
 
 
 # ------------------------------------------------------------------------ bad images --

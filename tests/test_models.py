@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 import torch
 
+from alexnet_jax import checks
 from alexnet_jax import models
 from configs import alexnet
 from tests import torch_alexnet
@@ -391,8 +392,10 @@ def test_unknown_preset():
     ({'group_impl': 'loop'}, r"model\.group_impl='loop'.*'split'"),
 ])
 def test_bad_model_values(kwargs, message):
+  config = alexnet.get_config()
+  config.model.update(kwargs)
   with pytest.raises(ValueError, match=message):
-    abstract_init(models.AlexNet(**kwargs))
+    checks.validate(config)
 
 
 # --- Parity with PyTorch -------------------------------------------------------------
@@ -404,6 +407,7 @@ PARITY_CASES = {
     'one_column_no_lrn': {'columns': 1, 'lrn': False},
     'original_code': {'lrn1_before_relu': True, 'spatial_norm': True},
     'valid_227_pool_2': {'conv1_padding': 'valid', 'pool_window': 2},
+    'caffe': {'conv1_padding': 'valid', 'lrn_k': 1.0, 'lrn_across_columns': True},
 }
 
 
@@ -434,6 +438,8 @@ def test_parity_cases_exercise_the_switches():
   assert rel_err(torch_logits({'lrn': False}, params, x), base) > 0.05
   quirks = {'lrn1_before_relu': True, 'spatial_norm': True}
   assert rel_err(torch_logits(quirks, params, x), base) > 0.05
+  across = {'lrn_k': 1.0, 'lrn_across_columns': True}
+  assert rel_err(torch_logits(across, params, x), torch_logits({'lrn_k': 1.0}, params, x)) > 1e-3
   assert rel_err(torch_logits({'spatial_norm': True}, params, x), base) > 0.05
 
 

@@ -233,6 +233,24 @@ def test_resize_shorter_and_center_crop_without_antialias():
   assert mean_abs_diff(smooth, out) > 5  # Antialiasing averages the noise away.
 
 
+# warp_resize (Caffe's stored format)
+
+
+@pytest.mark.parametrize('shape', [(75, 100), (100, 75), (20, 30)])
+def test_warp_resize_is_plain_bilinear_to_a_square(shape):
+  """Caffe's convert_imageset: cv::resize to size x size, INTER_LINEAR (no antialias)."""
+  image = np.random.default_rng(5).integers(0, 256, shape + (3,), dtype=np.uint8)
+  out = pp.warp_resize(tf.constant(image), 48).numpy()
+  assert out.dtype == np.uint8 and out.shape == (48, 48, 3)
+  ref = np.round(bilinear(image, 48, 48))
+  assert np.abs(out.astype(int) - ref).max() <= 1 and mean_abs_diff(out, ref) < 0.05
+
+
+def test_warp_resize_passes_stored_size_through():
+  image = np.random.default_rng(6).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(pp.warp_resize(tf.constant(image), 48).numpy(), image)
+
+
 # random_crop_and_flip
 
 
@@ -488,6 +506,21 @@ def test_normalize_matches_numpy(views, mean_kind):
   half = pp.normalize(images, lighting, mean, dtype=jnp.bfloat16)
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(half, np.float32), ref, rtol=1e-2, atol=0.5)
+
+
+def test_normalize_bgr_reverses_the_channels_last():
+  """Mean, std and lighting stay RGB; the network's input is reversed (Caffe's BGR)."""
+  rng = np.random.default_rng(7)
+  images = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+  lighting = rng.normal(0, 12, (2, 3)).astype(np.float32)
+  mean, std = np.array([122.7, 116.7, 104.0], np.float32), (58., 57., 57.5)
+  rgb = np.asarray(pp.normalize(images, lighting, mean, std=std))
+  bgr = np.asarray(pp.normalize(images, lighting, mean, std=std, channel_order='bgr'))
+  np.testing.assert_array_equal(bgr, rgb[..., ::-1])
+  np.testing.assert_allclose(bgr[0, 0, 0, 0], (images[0, 0, 0, 2] + lighting[0, 2] - 104.0)
+                             / 57.5, rtol=1e-5)
+  with pytest.raises(ValueError, match="channel_order='brg'"):
+    pp.normalize(images, channel_order='brg')
 
 
 def test_normalize_default_mean_is_the_channel_mean():

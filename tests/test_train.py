@@ -76,6 +76,21 @@ def test_mesh_equals_one_device(one_device, data, model_size):
   assert result['step'] == 2
 
 
+def test_caffes_lrn_across_columns_on_model2_equals_one_device():
+  """The LRN window crosses the two devices' columns (gathered): the same step."""
+  config = small_config(lrn_k=1.0, lrn_across_columns=True)
+  config.data.channel_order = 'bgr'
+  one = run(config, 1, 1, random_batches(2))
+  split = run(config, 1, 2, random_batches(2))
+  np.testing.assert_allclose(split['loss'], one['loss'], rtol=1e-5)
+  assert_trees_close(one['trace'], split['trace'], 1e-5)
+  assert_trees_close(one['params'], split['params'], 1e-5)
+  # And the window does cross: a per-column LRN gives other gradients.
+  config.model.lrn_across_columns = False
+  within = run(config, 1, 1, random_batches(2))
+  assert np.abs(within['trace']['conv1']['kernel'] - one['trace']['conv1']['kernel']).max() > 0
+
+
 def test_training_reduces_loss_on_a_fixed_batch():
   config = small_config(dropout_rate=0.0)
   config.learning_rate = 0.001
