@@ -476,6 +476,11 @@ def _train(config, workdir, mesh, num_train, preemption):
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   state, evaluated = checkpointing.restore_latest(manager, state, config)
   start_step = int(state.step)
+  if start_step >= total_steps and evaluated:
+    logging.info('The run in %s is complete (step %d of %d).', workdir, start_step,
+                 total_steps)
+    checkpointing.finish(manager)
+    return state
   is_main = jax.process_index() == 0
   writer = MetricsWriter(workdir, start_step, enabled=is_main)
   logging.info('Training %d steps (%d per epoch) from step %d on a %s mesh.',

@@ -1,6 +1,6 @@
 """The paper's network and recipe on Imagenette (10 ImageNet classes), from an image folder.
 
-Imagenette comes as ImageFolder-style JPEGs (../shared/data has the training images only):
+Imagenette (fast.ai) comes as ImageFolder-style JPEGs; with its training images in a tar:
 
     tar xf imagenette224-train.tar -C /tmp
     python -m alexnet_jax.prepare split-folder --src=/tmp/imagenette224/train \
