@@ -12,7 +12,7 @@ column-local layers hold the input channels of one column, as a grouped convolut
 
 * On one device (``model_axis=None``) both columns are computed locally. The column-local
   layers run as two convolutions over the channel halves (``group_impl='split'``; XLA:CPU
-  is slow with ``feature_group_count=2``, see ../shared/reference/performance.md) or as one
+  is slow with ``feature_group_count=2``, benchmarks/NOTES.md item 0) or as one
   grouped convolution (``group_impl='feature_group'``).
 * Inside ``jax.shard_map`` over a mesh axis of size 2 (``model_axis='model'``), every
   parameter is sharded on its last axis, so each device holds one column, exactly as the

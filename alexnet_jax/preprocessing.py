@@ -25,10 +25,10 @@ import tensorflow as tf
 CHANNEL_MEAN = (127.3, 119.7, 104.9)
 
 # PCA of ImageNet's RGB pixel values in 0-255, from the original code's data provider
-# (convdata.py: `color_pca` in the batch metadata; ../shared/reference/recipe.md).
+# (convdata.py: `color_pca` in the batch metadata; docs/reference.md, "Data").
 # PCA_STDDEVS[i] is the standard deviation (sqrt of the eigenvalue) along PCA_EIGVECS[:, i],
 # smallest first. PCA_EIGVECS holds the eigenvectors as COLUMNS: it is the transpose of the
-# 3x3 matrix printed in recipe.md, whose ROWS pair with [19.72, 37.09, 121.78] in order.
+# 3x3 matrix printed in docs/reference.md, whose ROWS pair with [19.72, 37.09, 121.78].
 # Read the other way the model covariance has a negative red-blue correlation and misses
 # ImageNet's by 130%; read this way it matches the pixel covariance of Imagenette to 3%
 # and its largest component is the brightness axis -(0.564, 0.576, 0.592)

@@ -1,6 +1,6 @@
 """The paper's run: AlexNet on ImageNet (ILSVRC-2012), as in Krizhevsky et al. 2012.
 
-Every hyperparameter of the recipe lives here; ../shared/reference/recipe.md gives the
+Every hyperparameter of the recipe lives here; docs/reference.md gives the
 sources. Where the paper's text and the original code (cuda-convnet, layers-145.cfg /
 layer-params-145.cfg) differ, the default follows the paper's text and the comment names
 the code's value; the 'original_code' preset switches to the code's.

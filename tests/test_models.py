@@ -19,7 +19,7 @@ from alexnet_jax import models
 from configs import alexnet
 from tests import torch_alexnet
 
-# Per-channel mean of the 0-255 RGB training images (cuda-convnet2; recipe.md, Data).
+# Per-channel mean of the 0-255 RGB training images (cuda-convnet2; docs/reference.md, Data).
 MEAN_RGB = np.array([127.3, 119.7, 104.9], np.float32)
 # The original code's LRN: k = 2, n = 5, alpha' = alpha / n = 2e-5, beta = 0.75.
 K, SIZE, ALPHA, BETA = 2.0, 5, 1e-4, 0.75
@@ -28,7 +28,7 @@ K, SIZE, ALPHA, BETA = 2.0, 5, 1e-4, 0.75
 PAPER_SHAPES = {'conv1': (55, 55, 96), 'conv2': (27, 27, 256), 'conv3': (13, 13, 384),
                 'conv4': (13, 13, 384), 'conv5': (13, 13, 256), 'pool5': (6, 6, 256),
                 'fc6': (4096,), 'fc7': (4096,), 'logits': (1000,)}
-# recipe.md's parameter table (weights + biases) for the two-column net.
+# The parameter counts (weights + biases) of the two-column net (README, "The network").
 PAPER_COUNTS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120, 'conv4': 663_936,
                 'conv5': 442_624, 'fc6': 37_752_832, 'fc7': 16_781_312, 'fc8': 4_097_000}
 

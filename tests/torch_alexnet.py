@@ -1,6 +1,6 @@
 """An independent PyTorch AlexNet: the oracle for alexnet_jax.models and the PyTorch peer.
 
-Written from the paper and ../shared/reference/recipe.md, not from models.py: NCHW,
+Written from the paper and docs/reference.md, not from models.py: NCHW,
 ``nn.Conv2d(groups=2)`` for the column-local layers (conv2, conv4, conv5),
 ``nn.LocalResponseNorm`` applied to each column's channels separately (or to all of
 them, ``lrn_across_columns``, as Caffe's bvlc_alexnet), conv1's (0, 3)
