@@ -1,6 +1,7 @@
 """What a user of the command-line tools sees: our own log lines, one clear error.
 
-The entry points (main, features, evaluate, predict) call `setup` once at start-up. By
+The entry points (main, features, evaluate, predict, convert) run their main through
+`app_main` and define `--library_logs` with `define_flags`. By
 default the console shows every line this project logs and only the errors of the
 libraries under it (JAX, orbax, TensorFlow), without their tracebacks: a 300-step run
 logged 123 lines of orbax INFO among 153. `--library_logs` shows everything.
@@ -12,6 +13,8 @@ import os
 import sys
 import traceback
 
+from absl import app
+from absl import flags
 from absl import logging as absl_logging
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,9 +61,26 @@ def run(fn, *args, **kwargs):
   """fn(*args, **kwargs); a failure is logged as one line, then its traceback, exit 1."""
   try:
     return fn(*args, **kwargs)
+  except app.UsageError:
+    raise  # absl prints the usage.
   except Exception as e:  # pylint: disable=broad-except  # Reported, not recovered.
     detail = ''.join(traceback.format_exception(e))
     sys.stderr.flush()
     print(f'\nERROR: {type(e).__name__}: {e}\n\nDetail:\n{detail}', file=sys.stderr,
           flush=True)
     sys.exit(1)
+
+
+def define_flags():
+  flags.DEFINE_bool('library_logs', False, 'Also show the INFO and WARNING lines of JAX, '
+                    'orbax and TensorFlow (by default only their errors).')
+
+
+def app_main(main):
+  """An entry point's main(argv) for absl's app.run: quiet library logs, one clear error."""
+
+  def run_main(argv):
+    setup(flags.FLAGS.library_logs)
+    return run(main, argv)
+
+  return run_main

@@ -36,6 +36,7 @@ import numpy as np
 
 from alexnet_jax import caffe_proto
 from alexnet_jax import checkpointing
+from alexnet_jax import console
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
@@ -282,4 +283,5 @@ def define_flags():
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['out'])
-  app.run(main)
+  console.define_flags()
+  app.run(console.app_main(main))

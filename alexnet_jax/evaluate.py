@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from alexnet_jax import console
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
 
@@ -145,4 +146,5 @@ def define_flags():
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  console.define_flags()
+  app.run(console.app_main(main))

@@ -20,6 +20,7 @@ import numpy as np
 import tqdm
 
 from alexnet_jax import checkpointing
+from alexnet_jax import console
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import preprocessing
@@ -134,4 +135,5 @@ def define_flags():
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'out'])
-  app.run(main)
+  console.define_flags()
+  app.run(console.app_main(main))

@@ -21,9 +21,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
-flags.DEFINE_bool('library_logs', False, 'Also show the INFO and WARNING lines of JAX, '
-                  'orbax and TensorFlow (by default only their errors).')
 flags.mark_flags_as_required(['config', 'workdir'])
+console.define_flags()
 
 
 def maybe_initialize_distributed(config):
@@ -44,13 +43,12 @@ def maybe_initialize_distributed(config):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  console.setup(FLAGS.library_logs)
   maybe_initialize_distributed(FLAGS.config)
   logging.info('JAX process %d of %d; %d local / %d global devices: %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())
-  console.run(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(console.app_main(main))

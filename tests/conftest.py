@@ -21,5 +21,7 @@ def uninterrupted(tmp_path_factory):
   """A 6-step run of main on the sample (tests/runs.py), checkpointing every 2 steps."""
   from tests import runs  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  runs.run_main(workdir, '--config.checkpoint_every_steps=2', '--config.eval_every_steps=3')
+  result = runs.run_main(workdir, '--config.checkpoint_every_steps=2',
+                         '--config.eval_every_steps=3')
+  (workdir.parent / f'{workdir.name}.stderr').write_text(result.stderr)  # What a user saw.
   return workdir

@@ -46,6 +46,26 @@ def test_main_writes_metrics_tensorboard_and_checkpoints(uninterrupted):
   assert steps == [4, 6]  # keep_checkpoints=2
 
 
+def test_a_run_without_a_terminal_logs_progress_and_not_the_libraries(uninterrupted):
+  """stderr is a pipe here, as under nohup or a scheduler: a progress line every
+  log_every_steps (step/total, epoch, loss, learning rate, images/s, time left), our own
+  lines, and none of orbax's INFO chatter."""
+  log = (uninterrupted.parent / f'{uninterrupted.name}.stderr').read_text()
+  progress = re.findall(r'step (\d+)/6 \(epoch [\d.]+\): loss [\d.]+, learning rate '
+                        r'[\d.e-]+, \d+ images/s, \d+ min \d+ s left', log)
+  assert progress == ['2', '4', '6']
+  assert 'Mesh data=1 x model=1 over 1 cpu device(s)' in log
+  assert 'step 6: eval (1 view(s), 200 examples) top-1 error' in log
+  records = re.findall(r'^[IWE]\d{4} [\d:.]+ +\d+ (\w+)\.py:\d+\]', log, re.M)  # Python's.
+  assert set(records) <= {'main', 'train', 'checkpointing'}, records
+  assert len(records) < 20
+
+
+def test_library_logs_flag_shows_the_libraries(tmp_path):
+  result = run_main(tmp_path, '--library_logs', steps=2)
+  assert 'checkpoint_manager.py' in result.stderr  # orbax's INFO lines.
+
+
 def test_sigkill_and_rerun_is_bit_identical_to_uninterrupted(uninterrupted, tmp_path):
   """Killed with SIGKILL after the step-4 checkpoint, rerun: same final parameters."""
   workdir = tmp_path / 'killed'

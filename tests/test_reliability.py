@@ -102,6 +102,7 @@ def test_corrupt_latest_checkpoint_is_reported_and_the_previous_used(uninterrupt
     shutil.rmtree(os.path.join(latest, 'state'))
   result = run_main(workdir, *SAVE_EVERY)
   assert 'Checkpoint' in result.stderr and 'is damaged' in result.stderr
+  assert 'Event loop is closed' not in result.stderr and 'Traceback' not in result.stderr
   assert resumed_from(result.stderr) == 4
   assert [d for d in os.listdir(checkpointing.checkpoint_dir(workdir)) if '.corrupt-' in d]
   step, params = final_params(workdir)  # Steps 5 and 6 redone: the same parameters.
@@ -155,6 +156,12 @@ def test_disk_full_at_save_time_keeps_earlier_checkpoints(uninterrupted, tmp_pat
   assert result.returncode != 0
   assert 'Saving the checkpoint of step 4' in result.stderr
   assert 'Earlier checkpoints are intact (latest: 2)' in result.stderr
+  # One error a user reads first, then its detail: the libraries' own errors are single
+  # lines without their tracebacks, and their asyncio noise is gone.
+  errors = [l for l in result.stderr.splitlines() if l.startswith('ERROR: ')]
+  assert len(errors) == 1 and 'Saving the checkpoint of step 4' in errors[0]
+  assert result.stderr.count('Traceback (most recent call last)') <= 2  # Ours, chained.
+  assert 'Event loop is closed' not in result.stderr
   assert completed_steps(workdir) == [2]
   result = run_main(workdir, *SAVE_EVERY)
   assert resumed_from(result.stderr) == 2
