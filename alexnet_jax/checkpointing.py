@@ -32,8 +32,6 @@ import json
 import os
 import shutil
 import socket
-import sys
-import threading
 import time
 
 from absl import logging
@@ -186,30 +184,18 @@ def _first_line(error):
   return f'{type(error).__name__}: {text.splitlines()[0][:300] if text else ""}'
 
 
-def _is_damage(error):
-  """Whether `error` (or what caused it) says the checkpoint's bytes are missing or bad."""
+def _damage(error):
+  """The error in `error`'s chain that says the checkpoint's bytes are missing or bad
+  (TensorStore's status, a JSON error, a missing file), or None."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, (json.JSONDecodeError, FileNotFoundError, DamagedCheckpoint)):
-      return True
+      return error
     if isinstance(error, ValueError) and str(error).lstrip().startswith(_DAMAGE_CODES):
-      return True
+      return error
     error = error.__cause__ or error.__context__
-  return False
-
-
-class _QuietAsync:
-  """Silences the asyncio tracebacks a failed orbax read prints from its threads ("Event
-  loop is closed", "Exception ignored in coroutine"); the error itself is raised."""
-
-  def __enter__(self):
-    self._hooks = sys.unraisablehook, threading.excepthook
-    sys.unraisablehook = threading.excepthook = lambda args: logging.debug(
-        'During a failed checkpoint read: %s', args.exc_value)
-
-  def __exit__(self, *exc):
-    sys.unraisablehook, threading.excepthook = self._hooks
+  return None
 
 
 def _read(manager, step, what, **args):
@@ -219,11 +205,10 @@ def _read(manager, step, what, **args):
   if missing:
     raise DamagedCheckpoint(f'item(s) {missing} missing')
   try:
-    with _QuietAsync():
-      return manager.restore(step, args=ocp.args.Composite(**args))
+    return manager.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except
-    if _is_damage(e):
-      raise DamagedCheckpoint(f'{what}: {_first_line(e)}') from e
+    if _damage(e) is not None:
+      raise DamagedCheckpoint(f'{what}: {_first_line(_damage(e))}') from e
     raise
 
 
@@ -236,11 +221,10 @@ def _layout(tree):
 def _check_layout(manager, step, target, subtree=None):
   """Compares the stored arrays' structure, shapes and dtypes with `target`'s."""
   try:
-    with _QuietAsync():
-      metadata = manager.item_metadata(step)['state']
+    metadata = manager.item_metadata(step)['state']
   except Exception as e:  # pylint: disable=broad-except
-    if _is_damage(e) or isinstance(e, KeyError):
-      raise DamagedCheckpoint(f'state metadata: {_first_line(e)}') from e
+    if _damage(e) is not None or isinstance(e, KeyError):
+      raise DamagedCheckpoint(f'state metadata: {_first_line(_damage(e) or e)}') from e
     raise
   if metadata is None or getattr(metadata, 'tree', None) is None:
     raise DamagedCheckpoint('state metadata missing')

@@ -37,12 +37,15 @@ class _OwnLogs(logging.Filter):
 
 
 def _quiet_unraisable(default):
-  """orbax's worker threads print 'Event loop is closed' tracebacks after a failed read or
-  write (the failure itself is raised and reported); drop those, keep the rest."""
+  """After a failed checkpoint read or write, orbax's worker threads and pending coroutines
+  print what they could not deliver ('Event loop is closed', 'Exception ignored in
+  <coroutine ...>'), dozens of tracebacks of a failure already raised and reported. Drop
+  those; pass anything else to Python's hook."""
 
   def hook(args):
-    if isinstance(args.exc_value, RuntimeError) and 'Event loop is closed' in str(
-        args.exc_value):
+    files = [f.filename for f in traceback.extract_tb(args.exc_traceback)]
+    if ('Event loop is closed' in str(args.exc_value)
+        or any(f'{os.sep}orbax{os.sep}' in f for f in files)):
       return
     default(args)
 
