@@ -55,7 +55,7 @@ def resumed_from(stderr):
   return 0
 
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('seed', [0, 2])
 def test_kill_9_at_a_random_point_then_rerun_is_bit_identical(uninterrupted, tmp_path, seed):
   """SIGKILL at a random moment (seed 2: while a checkpoint is being written); the rerun
   redoes only the steps after the last complete checkpoint and ends bit-identical."""
@@ -409,7 +409,7 @@ def test_features_read_a_workdir_while_a_run_writes_it(tmp_path):
   workdir = tmp_path / 'run'
   writer = subprocess.Popen(
       main_command(workdir, '--config.checkpoint_every_steps=2', '--config.keep_checkpoints=2',
-                   '--config.eval_every_steps=1000', steps=40), cwd=REPO,
+                   '--config.eval_every_steps=1000', steps=20), cwd=REPO,
       env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   _wait_for(lambda: len(completed_steps(workdir)) >= 1, writer)
   steps_read = []
@@ -424,11 +424,11 @@ def test_features_read_a_workdir_while_a_run_writes_it(tmp_path):
 # ---------------------------------------------------------------------- preemption --
 
 def test_sigterm_during_evaluation_saves_at_once_and_the_rerun_redoes_it(tmp_path):
-  """The final 10-view evaluation at 224 x 224 takes tens of seconds; a SIGTERM in it
-  saves within a batch, and the rerun evaluates that step instead of skipping it."""
+  """The final 10-view evaluation (50 batches at 131 x 131) takes many seconds; a SIGTERM
+  in it saves within a batch, and the rerun evaluates that step instead of skipping it."""
   workdir = tmp_path / 'run'
-  args = ['--config.data.image_size=224', '--config.data.resize_size=256',
-          '--config.data.eval_views=10', '--config.eval_batch_size=8',
+  args = ['--config.data.image_size=131', '--config.data.resize_size=150',
+          '--config.data.eval_views=10', '--config.eval_batch_size=4',
           '--config.eval_every_steps=1000', '--config.checkpoint_every_steps=1000']
   process = subprocess.Popen(main_command(workdir, *args, steps=2), cwd=REPO,
                              env=environment(), stdout=subprocess.DEVNULL,
