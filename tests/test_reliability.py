@@ -23,6 +23,7 @@ from alexnet_jax import features
 from alexnet_jax import models
 from alexnet_jax import optimizer
 from alexnet_jax import train
+from configs import imagenette
 from configs import sample
 from tests.conftest import REPO
 from tests.runs import assert_trees_equal
@@ -216,6 +217,13 @@ def test_impossible_config_values_fail_before_compute(tmp_path, field, value, me
     target = target[part]
   target[name] = value
   with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_imagenette_without_a_data_dir_is_an_error_not_the_sample(tmp_path):
+  config = imagenette.get_config()
+  with pytest.raises(ValueError, match="config.data.data_dir='' must name the folder's root"):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
 
