@@ -459,11 +459,14 @@ def _views_np(images, size, num_views, out):
     np.copyto(out, images[:, edge // 2:edge // 2 + size, edge // 2:edge // 2 + size])
     return
   corners = [(0, 0), (0, edge), (edge // 2, edge // 2), (edge, 0), (edge, edge)]
-  for v, (y, x) in enumerate(corners):
-    window = images[:, y:y + size, x:x + size]
-    np.copyto(out[:, v], window)
-    for c in range(3):  # Mirrored channel by channel (records.read_windows says why).
-      np.copyto(out[:, v + 5, :, :, c], window[:, :, ::-1, c])
+  mirrored = np.empty(images.shape[1:], np.uint8)
+  for k, image in enumerate(images):
+    for c in range(3):  # Channel by channel: records.read_windows says why.
+      np.copyto(mirrored[:, :, c], image[:, ::-1, c])
+    for v, (y, x) in enumerate(corners):
+      np.copyto(out[k, v], image[y:y + size, x:x + size])
+      # The mirror of the window at (y, x) is the mirrored image's window at (y, edge - x).
+      np.copyto(out[k, v + 5], mirrored[y:y + size, edge - x:edge - x + size])
 
 
 def _aligned_empty(shape):
@@ -519,7 +522,7 @@ def _records_split(data, split, *, train, seed, start_step, image_size, num_view
 
     def read(k, ids, positions):
       del positions
-      whole = np.zeros((len(ids), stored.size, stored.size, 3), np.uint8)
+      whole = np.empty((len(ids), stored.size, stored.size, 3), np.uint8)
       ok = keep(ids, records.read(stored, ids, whole)) & (ids >= 0)
       whole[~ok] = 0  # Padding and bad records: zeros, masked.
       images = _aligned_empty((len(ids),) + tuple(view_shape))
