@@ -35,6 +35,7 @@ bad image too (dropped in training, masked in evaluation).
 """
 
 import os
+import sys
 
 from absl import logging
 import jax
@@ -476,6 +477,25 @@ def _aligned_empty(shape):
   return raw[start:start + int(np.prod(shape))].reshape(shape)
 
 
+def _buffers(shape):
+  """take() -> an aligned uint8 array of `shape` that nothing else references: one of
+  those it returned before, once the batch made from it is gone (its tensor, and the
+  NumPy arrays and device arrays made from it, hold a reference until then), else a new
+  one. A new 19 MB array for every batch costs about 20 us an image in page faults
+  (benchmarks/NOTES.md, item 16.8)."""
+  pool, free = [], []  # free[i]: pool[i]'s reference count when nothing else holds it.
+
+  def take():
+    for i in range(len(pool)):
+      if sys.getrefcount(pool[i]) == free[i]:
+        return pool[i]
+    pool.append(_aligned_empty(shape))
+    free.append(sys.getrefcount(pool[-1]))  # Counted as above: the list, the argument.
+    return pool[-1]
+
+  return take
+
+
 def _records_split(data, split, *, train, seed, start_step, image_size, num_views, batch,
                    rows, with_file_names):
   """create_split for config.data.dataset='records' (see create_split)."""
@@ -504,10 +524,12 @@ def _records_split(data, split, *, train, seed, start_step, image_size, num_view
     return ok
 
   if train:
+    buffers = _buffers((batch, image_size, image_size, 3))
+
     def read(k, ids, positions):
       corners, mirror, lighting = train_augmentation(seed, positions, stored.size,
                                                      image_size, data)
-      images = _aligned_empty((len(ids), image_size, image_size, 3))
+      images = buffers()
       ok = keep(ids, records.read_windows(stored, ids, corners, mirror, image_size, images))
       index = k * batch + np.arange(len(ids))
       if not ok.all():  # Dropped here; rebatch below refills the batch from the next.
@@ -519,13 +541,14 @@ def _records_split(data, split, *, train, seed, start_step, image_size, num_view
     keys = ('image', 'lighting', 'label', 'id', 'index')
   else:
     view_shape = [image_size] * 2 + [3] if num_views == 1 else [10] + [image_size] * 2 + [3]
+    buffers = _buffers((batch,) + tuple(view_shape))
 
     def read(k, ids, positions):
       del positions
       whole = np.empty((len(ids), stored.size, stored.size, 3), np.uint8)
       ok = keep(ids, records.read(stored, ids, whole)) & (ids >= 0)
       whole[~ok] = 0  # Padding and bad records: zeros, masked.
-      images = _aligned_empty((len(ids),) + tuple(view_shape))
+      images = buffers()
       _views_np(whole, image_size, num_views, images)
       index = np.where(ok, k * batch + np.arange(len(ids)), -1)
       return images, stored.label[np.maximum(ids, 0)], ok, ids, index
