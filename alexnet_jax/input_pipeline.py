@@ -542,10 +542,11 @@ def _records_split(data, split, *, train, seed, start_step, image_size, num_view
   else:
     view_shape = [image_size] * 2 + [3] if num_views == 1 else [10] + [image_size] * 2 + [3]
     buffers = _buffers((batch,) + tuple(view_shape))
+    stored_buffers = _buffers((batch, stored.size, stored.size, 3))
 
     def read(k, ids, positions):
       del positions
-      whole = np.empty((len(ids), stored.size, stored.size, 3), np.uint8)
+      whole = stored_buffers()
       ok = keep(ids, records.read(stored, ids, whole)) & (ids >= 0)
       whole[~ok] = 0  # Padding and bad records: zeros, masked.
       images = buffers()

@@ -12,7 +12,7 @@ without it is incomplete. Record i is image i of the split in the source's order
 folder's sorted classes and files, or TFDS's), at byte offset header + (i % shard_size) *
 S * S * 3 of shard i // shard_size: read at any position with one pread, no parsing.
 S * S * 3 bytes an image: 196,608 at 256 x 256 (252 GB for ImageNet's 1,281,167 training
-images, against about 31 GB as 256 x 256 JPEGs at quality 95).
+images, against about 34 GB as 256 x 256 JPEGs at quality 95).
 
 Each record's checksum is the sum of its bytes read as little-endian 64-bit words (a
 shorter tail as one word), modulo 2^64: a flipped bit, a zeroed block or another
