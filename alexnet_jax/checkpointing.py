@@ -1,30 +1,91 @@
-"""Orbax checkpoints: save, resume from the latest good one, restore parameters alone.
+"""Orbax checkpoints and the workdir that holds them: one writer, save, resume, restore.
 
-A checkpoint is `<workdir>/checkpoints/<step>/` with two items: 'state' (the whole
-TrainState: step, params, optimizer and plateau state) and 'config' (the run's config as
-JSON, so a restore can say what differs). Orbax writes each checkpoint to a temporary
-directory and renames it when complete, so a run killed mid-save leaves the earlier ones
-intact. Arrays are restored into whatever sharding the caller's abstract tree asks for:
-a checkpoint written on a model=2 mesh restores on one device and back.
+A checkpoint is `<workdir>/checkpoints/<step>/` with three items: 'state' (the whole
+TrainState: step, params, optimizer and plateau state), 'config' (the run's config as JSON,
+so a restore can say what differs) and 'progress' ({'evaluated': bool}: whether the
+evaluation due at that step is done; a run preempted during an evaluation saves False and
+the rerun redoes it). Orbax writes each checkpoint to a temporary directory and renames it
+when complete, so a run killed mid-save leaves the earlier ones intact. Arrays are restored
+into whatever sharding the caller's abstract tree asks for: a checkpoint written on a
+model=2 mesh restores on one device and back.
+
+What a restore does with each kind of failure (`restore_latest`, `restore_params`):
+
+* Damaged (an item or file missing, metadata that does not parse, array data truncated or
+  failing decompression: TensorStore's NOT_FOUND, OUT_OF_RANGE, DATA_LOSS or
+  FAILED_PRECONDITION): reported, and the previous checkpoint is used. A training run moves
+  the damaged one to `<step>.corrupt-<time>`; readers (features, evaluation) move nothing.
+* Written by another network (model fields, or any parameter or optimizer-state array of
+  another structure, shape or dtype): a ValueError saying what differs, before anything
+  is moved.
+* Anything else (an I/O error, memory): raised as it is; nothing is moved.
+* Every checkpoint of a workdir damaged: an error. A workdir that holds checkpoints never
+  silently restarts from step 0.
+
+One writer per workdir: `lock_workdir` takes an OS lock (flock) that the kernel releases
+when the process ends, kill -9 included; a second run on the same workdir is refused at
+once with the holder's host and pid.
 """
 
+import fcntl
+import json
 import os
 import shutil
 import socket
+import sys
+import threading
 import time
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
+ITEMS = ('state', 'config', 'progress')
 # Config fields that change the shapes or meaning of the parameters.
 _MODEL_FIELDS = ('num_classes', 'columns')
+# TensorStore status codes that mean the bytes on disk are missing or damaged.
+_DAMAGE_CODES = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS', 'FAILED_PRECONDITION')
+
+
+class WorkdirBusy(RuntimeError):
+  """Another process holds the workdir's lock."""
+
+
+class DamagedCheckpoint(Exception):
+  """A checkpoint's files are missing, truncated or unreadable."""
 
 
 def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def lock_workdir(workdir):
+  """Makes this process the workdir's one writer until it ends; returns a release().
+
+  flock(2) on `<workdir>/.lock.<process index>` (one file per process of a multi-host run,
+  which share the workdir). The kernel drops the lock when the process dies, kill -9
+  included, so a killed run never leaves it stuck. The file holds the holder's host, pid
+  and start time, which the refusal names.
+  """
+  path = os.path.join(workdir, f'.lock.{jax.process_index()}')
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'unknown'
+    os.close(fd)
+    raise WorkdirBusy(
+        f'The workdir {workdir} is in use by another run ({holder}). Wait for it to end or '
+        'stop it, or choose another --workdir.') from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, (f'host {socket.gethostname()}, pid {os.getpid()}, since '
+                 f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n').encode(), 0)
+
+  def release():
+    os.close(fd)  # Closing the descriptor drops the lock.
+
+  return release
 
 
 def check_writable(workdir):
@@ -51,53 +112,61 @@ def check_space(workdir, state):
                   '--workdir.')
 
 
-def create_manager(workdir, config):
-  return ocp.CheckpointManager(
-      checkpoint_dir(workdir), item_names=('state', 'config'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                           create=True, cleanup_tmp_directories=True))
+def create_manager(workdir, keep=None, *, read_only=False):
+  """The CheckpointManager of `workdir`/checkpoints: a writer keeping `keep`, or a reader
+  (which restores parts of the state: PyTreeCheckpointHandler, the same format)."""
+  state_handler = ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler()
+  handlers = {'state': state_handler,
+              'config': ocp.JsonCheckpointHandler(),
+              'progress': ocp.JsonCheckpointHandler()}
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
+                               item_handlers=handlers, options=options)
 
 
-def _save_failed(manager, step, workdir, error):
+def _save_failed(manager, step, error):
   # The failed save is the one whose temporary directory orbax left behind.
   for name in os.listdir(manager.directory):
     if '.orbax-checkpoint-tmp' in name and name.split('.')[0].isdigit():
       step = int(name.split('.')[0])
   good = [s for s in manager.all_steps() if s != step]
   return OSError(
-      f'Saving the checkpoint of step {step} in {checkpoint_dir(workdir)} failed ({error}). '
-      f'Earlier checkpoints are intact (latest: {max(good) if good else "none"}): free '
-      'space or fix the disk, then rerun with the same --workdir to resume.')
+      f'Saving the checkpoint of step {step} in {manager.directory} failed '
+      f'({_first_line(error)}). Earlier checkpoints are intact (latest: '
+      f'{max(good) if good else "none"}): free space or fix the disk, then rerun with the '
+      'same --workdir to resume.')
 
 
-def save(manager, step, state, config, workdir=''):
+def save(manager, step, state, config, *, evaluated=True):
   """Saves asynchronously; `finish` (or the next save) makes it final.
 
-  Orbax writes into a temporary directory and renames it when complete, so a failed or
-  interrupted save leaves the earlier checkpoints as they were.
+  evaluated: whether the evaluation due at `step` (if any) is done; False makes the
+  resumed run redo it. Orbax writes into a temporary directory and renames it when
+  complete, so a failed or interrupted save leaves the earlier checkpoints as they were.
   """
   if step in manager.all_steps():
     return
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(config.to_dict())))
+        config=ocp.args.JsonSave(config.to_dict()),
+        progress=ocp.args.JsonSave({'evaluated': bool(evaluated)})))
   except Exception as e:  # pylint: disable=broad-except
-    raise _save_failed(manager, step, workdir, e) from e
+    raise _save_failed(manager, step, e) from e
 
 
-def finish(manager, workdir=''):
+def finish(manager):
   """Waits for the last save and closes the manager; a failed save is a clear error."""
   try:
     manager.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except
-    raise _save_failed(manager, manager.latest_step(), workdir, e) from e
+    raise _save_failed(manager, manager.latest_step(), e) from e
   finally:
     manager.close()
-
-
-def _abstract(tree):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
 def check_compatible(saved, config, directory):
@@ -110,81 +179,209 @@ def check_compatible(saved, config, directory):
                      'workdir.')
 
 
+# ------------------------------------------------------------------- reading one step --
+
+def _first_line(error):
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0][:300] if text else ""}'
+
+
+def _is_damage(error):
+  """Whether `error` (or what caused it) says the checkpoint's bytes are missing or bad."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, (json.JSONDecodeError, FileNotFoundError, DamagedCheckpoint)):
+      return True
+    if isinstance(error, ValueError) and str(error).lstrip().startswith(_DAMAGE_CODES):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+class _QuietAsync:
+  """Silences the asyncio tracebacks a failed orbax read prints from its threads ("Event
+  loop is closed", "Exception ignored in coroutine"); the error itself is raised."""
+
+  def __enter__(self):
+    self._hooks = sys.unraisablehook, threading.excepthook
+    sys.unraisablehook = threading.excepthook = lambda args: logging.debug(
+        'During a failed checkpoint read: %s', args.exc_value)
+
+  def __exit__(self, *exc):
+    sys.unraisablehook, threading.excepthook = self._hooks
+
+
+def _read(manager, step, what, **args):
+  """manager.restore of one step's items; damage becomes DamagedCheckpoint."""
+  step_dir = os.path.join(str(manager.directory), str(step))
+  missing = [name for name in args if not os.path.isdir(os.path.join(step_dir, name))]
+  if missing:
+    raise DamagedCheckpoint(f'item(s) {missing} missing')
+  try:
+    with _QuietAsync():
+      return manager.restore(step, args=ocp.args.Composite(**args))
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_damage(e):
+      raise DamagedCheckpoint(f'{what}: {_first_line(e)}') from e
+    raise
+
+
+def _layout(tree):
+  """{path: (shape, dtype)} of a tree of arrays / ShapeDtypeStructs / orbax metadata."""
+  flat = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=True))
+  return {'/'.join(map(str, k)): (tuple(v.shape), str(v.dtype)) for k, v in flat.items()}
+
+
+def _check_layout(manager, step, target, subtree=None):
+  """Compares the stored arrays' structure, shapes and dtypes with `target`'s."""
+  try:
+    with _QuietAsync():
+      metadata = manager.item_metadata(step)['state']
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_damage(e) or isinstance(e, KeyError):
+      raise DamagedCheckpoint(f'state metadata: {_first_line(e)}') from e
+    raise
+  if metadata is None or getattr(metadata, 'tree', None) is None:
+    raise DamagedCheckpoint('state metadata missing')
+  stored = _layout(metadata.tree)
+  if subtree is not None:
+    stored = {k[len(subtree) + 1:]: v for k, v in stored.items() if k.startswith(subtree + '/')}
+  wanted = _layout(target)
+  diffs = ([f'{k}: checkpoint {stored[k][0]} {stored[k][1]}, config {wanted[k][0]} '
+            f'{wanted[k][1]}' for k in sorted(set(stored) & set(wanted))
+            if stored[k] != wanted[k]]
+           + [f'{k}: only in the checkpoint' for k in sorted(set(stored) - set(wanted))]
+           + [f'{k}: not in the checkpoint' for k in sorted(set(wanted) - set(stored))])
+  if diffs:
+    more = f' (and {len(diffs) - 6} more)' if len(diffs) > 6 else ''
+    raise ValueError(
+        f'The checkpoint {manager.directory}/{step} was written by a run with another '
+        f'network or optimizer: {"; ".join(diffs[:6])}{more}. Resume with the config it was '
+        'written with (its config is saved beside it: checkpointing.saved_config), or use '
+        'another --workdir.')
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
 def _set_aside(manager, step, error):
-  """Renames an unreadable checkpoint to <step>.corrupt-<time>, kept for inspection."""
+  """Renames a damaged checkpoint to <step>.corrupt-<time>, kept for inspection."""
   path = os.path.join(str(manager.directory), str(step))
   aside = f'{path}.corrupt-{int(time.time())}'
   if jax.process_index() == 0:
     os.rename(path, aside)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+  ocp.multihost.sync_global_processes(f'set aside checkpoint {step}')
   manager.reload()
-  logging.error('Checkpoint %s is unreadable or incomplete (%s: %s); moved it to %s and '
-                'trying the previous one.', path, type(error).__name__,
-                str(error).splitlines()[0][:300] if str(error) else '', aside)
+  logging.error('Checkpoint %s is damaged (%s); moved it to %s and trying the previous '
+                'one.', path, error, aside)
+
+
+def _latest_good(manager, read, *, set_aside):
+  """read(step) on the latest step whose checkpoint is not damaged -> (step, result).
+
+  A reader (set_aside=False) whose step was deleted under it by the writer (max_to_keep)
+  starts again from the writer's new latest step.
+  """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, read(step)
+    except DamagedCheckpoint as e:
+      if not set_aside and not os.path.isdir(os.path.join(str(manager.directory), str(step))):
+        manager.reload()
+        return _latest_good(manager, read, set_aside=False)
+      damaged.append(step)
+      if set_aside:
+        _set_aside(manager, step, e)
+      else:
+        logging.error('Checkpoint %s/%d is damaged (%s); using the previous one.',
+                      manager.directory, step, e)
+  if damaged:
+    where = 'moved to <step>.corrupt-<time>' if set_aside else 'left in place'
+    raise DamagedCheckpoint(
+        f'Every checkpoint in {manager.directory} is damaged (steps {damaged}, {where}); '
+        'nothing to resume from. Remove them to start this run again from step 0, or use '
+        'another --workdir.')
+  return None, None
 
 
 def restore_latest(manager, state, config):
-  """Returns the latest good checkpoint's state, or `state` when there is none.
+  """(state, evaluated) from the latest good checkpoint; (`state`, True) when there is none.
 
-  `state` gives the structure and the target shardings. A checkpoint that fails to
-  restore (truncated file, missing entry) is reported and the one before it is used.
+  `state` gives the structure and the target shardings; `evaluated` says whether the
+  evaluation due at the restored step was done. See the module docstring for what
+  happens with damaged or incompatible checkpoints.
   """
-  directory = manager.directory
-  for step in sorted(manager.all_steps(), reverse=True):
+  abstract = _abstract(state)
+
+  def read(step):
+    saved = _read(manager, step, 'config', config=ocp.args.JsonRestore())['config']
+    check_compatible(saved, config, manager.directory)
+    _check_layout(manager, step, abstract)
+    items = _read(manager, step, 'state', state=ocp.args.StandardRestore(abstract),
+                  progress=ocp.args.JsonRestore())
+    return items['state'], items['progress']['evaluated']
+
+  step, result = _latest_good(manager, read, set_aside=True)
+  if step is None:
+    return state, True
+  logging.info('Resumed from %s/%d.', manager.directory, step)
+  return result
+
+
+def _reader(workdir, attempts=5):
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    raise FileNotFoundError(f'No checkpoint in {checkpoint_dir(workdir)}: train first with '
+                            f'`python -m alexnet_jax.main --workdir={workdir}`.')
+  for attempt in range(attempts):
     try:
-      saved_config = manager.restore(step, args=ocp.args.Composite(
-          config=ocp.args.JsonRestore()))['config']
-    except Exception as e:  # pylint: disable=broad-except
-      _set_aside(manager, step, e)
-      continue
-    check_compatible(saved_config, config, directory)
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(state))))['state']
-    except Exception as e:  # pylint: disable=broad-except
-      _set_aside(manager, step, e)
-      continue
-    logging.info('Resumed from %s/%d.', directory, step)
-    return restored
-  return state
+      return create_manager(workdir, read_only=True)
+    except FileNotFoundError:  # A step the writer deleted (max_to_keep) while listed.
+      if attempt == attempts - 1:
+        raise
+
+
+def _read_from(workdir, step, read):
+  """read(manager, step) of `step`, or of the latest good checkpoint when step is None."""
+  manager = _reader(workdir)
+  try:
+    if step is not None:
+      return read(manager, step)
+    found, result = _latest_good(manager, lambda s: read(manager, s), set_aside=False)
+    if found is None:
+      raise FileNotFoundError(f'No checkpoint in {manager.directory}: train first with '
+                              f'`python -m alexnet_jax.main --workdir={workdir}`.')
+    return result
+  finally:
+    manager.close()
 
 
 def restore_params(workdir, params, config=None, step=None):
-  """Restores only the parameters saved in `workdir` (latest step unless `step`).
+  """Restores only the parameters saved in `workdir` (latest good step unless `step`).
 
   `params`: a tree (arrays or jax.ShapeDtypeStruct with shardings) giving the structure
   and target placement, e.g. a freshly initialised model's on any mesh. With `config`, the
-  saved network is checked to be compatible first. Returns the parameters.
+  saved network is checked to be compatible first. Returns the parameters. Safe while a
+  run writes to `workdir`: only complete checkpoints are read.
   """
-  manager = ocp.CheckpointManager(
-      checkpoint_dir(workdir), item_names=('state', 'config'),
-      options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {checkpoint_dir(workdir)}: train first with '
-                            f'`python -m alexnet_jax.main --workdir={workdir}`.')
-  if config is not None:
-    saved = manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))['config']
-    check_compatible(saved, config, manager.directory)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={'params': _abstract(params)},
-      restore_args=ocp.checkpoint_utils.construct_restore_args({'params': _abstract(params)}),
-      partial_restore=True)))['state']
-  manager.close()
-  return restored['params']
+  abstract = {'params': _abstract(params)}
+
+  def read(manager, s):
+    if config is not None:
+      saved = _read(manager, s, 'config', config=ocp.args.JsonRestore())['config']
+      check_compatible(saved, config, manager.directory)
+    _check_layout(manager, s, abstract['params'], subtree='params')
+    return _read(manager, s, 'state', state=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True))['state']['params']
+
+  return _read_from(workdir, step, read)
 
 
 def saved_config(workdir, step=None):
-  """The ConfigDict a checkpoint was written with."""
-  manager = ocp.CheckpointManager(
-      checkpoint_dir(workdir), item_names=('state', 'config'),
-      options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {checkpoint_dir(workdir)}.')
-  saved = manager.restore(step, args=ocp.args.Composite(
-      config=ocp.args.JsonRestore()))['config']
-  manager.close()
-  return ml_collections.ConfigDict(saved)
+  """The ConfigDict a checkpoint was written with (the latest good one unless `step`)."""
+  read = lambda manager, s: _read(manager, s, 'config', config=ocp.args.JsonRestore())[
+      'config']
+  return ml_collections.ConfigDict(_read_from(workdir, step, read))

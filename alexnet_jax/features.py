@@ -23,11 +23,18 @@ from alexnet_jax import checkpointing
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import preprocessing
+from alexnet_jax import records
 
 
 def load(workdir, step=None, device=None):
-  """(model, params, config) of the checkpoint in `workdir`; params on one device."""
+  """(model, params, config) of the checkpoint in `workdir`; params on one device.
+
+  A mean-image file named in the config by a relative path (as `convert` writes it) is
+  taken relative to `workdir`.
+  """
   config = checkpointing.saved_config(workdir, step)
+  if config.data.mean not in ('channel', 'image') and not os.path.isabs(config.data.mean):
+    config.data.mean = os.path.join(os.path.abspath(workdir), config.data.mean)
   model = models.AlexNet(**config.model)
   size = config.data.image_size
   shapes = jax.eval_shape(lambda: model.init(
@@ -39,15 +46,18 @@ def load(workdir, step=None, device=None):
   return model, params, config
 
 
-def make_extract_fn(model, layers, mean, std=1.0):
-  """jitted (params, uint8 images [b, s, s, 3]) -> {layer: float32 [b, ...]}."""
+def make_extract_fn(model, layers, mean, std=1.0, channel_order='rgb'):
+  """jitted (params, uint8 images [b, s, s, 3]) -> {layer: float32 [b, ...]}.
+
+  Images are normalised as preprocessing.normalize (mean, std, channel_order).
+  """
   unknown = set(layers) - set(models.LAYERS)
   if unknown:
     raise ValueError(f'Unknown layer(s) {sorted(unknown)}; choose from {models.LAYERS}.')
 
   @jax.jit
   def extract(params, images):
-    x = preprocessing.normalize(images, None, mean, std=std)
+    x = preprocessing.normalize(images, None, mean, std=std, channel_order=channel_order)
     feats = model.apply({'params': params}, x, train=False, return_features=True)
     return {k: feats[k].astype(jnp.float32) for k in layers}
 
@@ -64,17 +74,22 @@ def extract(extract_fn, params, batches, progress=True):
     keep = batch['mask']
     feats = jax.device_get(extract_fn(params, batch['image']))
     feats.update(label=batch['label'],
-                 file_name=np.array([n.decode() for n in batch['file_name']]))
+                 file_name=np.array([input_pipeline.display_name(n) for n in batch['file_name']]))
     for k, v in feats.items():
       out.setdefault(k, []).append(np.asarray(v)[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def data_config(config, data=''):
-  """The run's config.data, or the same with another folder root or TFDS dataset."""
+  """The run's config.data, or the same with another folder root, records root (`prepare
+  records`) or TFDS dataset."""
   data_config = config.data.copy_and_resolve_references()
   if data:
-    data_config.dataset = 'folder' if os.path.isdir(data) else data
+    if os.path.isdir(data):
+      is_records = os.path.exists(os.path.join(data, records.CLASSES_FILE))
+      data_config.dataset = 'records' if is_records else 'folder'
+    else:
+      data_config.dataset = data
     data_config.data_dir = data if os.path.isdir(data) else ''
   return data_config
 
@@ -89,10 +104,15 @@ def extract_split(workdir, layers, split='validation', data='', batch_size=64, s
       data, split, global_batch_size=batch_size, train=False, image_size=size,
       num_views=1, shard=(0, 1), with_file_names=True)
   fn = make_extract_fn(model, layers, jnp.asarray(input_pipeline.mean(data, size)),
-                       config.data.std)
+                       config.data.std, channel_order(config))
   feats = extract(fn, params, batches, progress)
-  feats['class_names'] = np.array(input_pipeline.class_names(data))
+  feats['class_names'] = np.array(input_pipeline.class_names(data, split))
   return feats
+
+
+def channel_order(config):
+  """The channel order the checkpoint's network reads ('rgb' before the field existed)."""
+  return config.data.get('channel_order', 'rgb')
 
 
 FLAGS = flags.FLAGS
@@ -110,7 +130,8 @@ def define_flags():
   """Command-line flags, defined only when this module is the program."""
   flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
   flags.DEFINE_list('layer', ['fc7'], f'Layer(s) to extract, from {models.LAYERS}.')
-  flags.DEFINE_string('data', '', "Image folder root or TFDS name; default: the run's data.")
+  flags.DEFINE_string('data', '', "Image folder root, records root or TFDS name; default: the "
+                      "run's data.")
   flags.DEFINE_string('split', 'validation', 'Split (sub-folder) to extract.')
   flags.DEFINE_string('out', None, 'Output .npz file.')
   flags.DEFINE_integer('batch_size', 64, 'Images per batch.')

@@ -2,8 +2,10 @@
 
 Sources (`config.data.dataset`):
   'folder'     root/<split>/<class>/<image>, root = config.data.data_dir: Imagenette, the
-               embedded sample (SAMPLE_DIR), the 256 x 256 copy `prepare resize` writes,
-               anyone's data. Labels index the sorted class folders of the train split.
+               embedded sample (data/sample), the 256 x 256 copy `prepare resize` writes,
+               anyone's data. Labels index config.data.class_names when it is set (a
+               checkpoint's classes, e.g. ImageNet's WordNet ids), else the sorted class
+               folders of the train split, else those of the split read.
   a TFDS name  e.g. 'imagenet2012', prepared from the official tars by
                `python -m alexnet_jax.prepare imagenet2012` (README, "ImageNet").
   'records'    decoded 256 x 256 images in NumPy shards (records.py) under data_dir,
@@ -46,29 +48,46 @@ from alexnet_jax import preprocessing
 from alexnet_jax import records
 from alexnet_jax import stateless_random
 
-# The embedded default dataset: real ImageNet photographs (10 classes) in the repo.
-SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          'data', 'sample')
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.gif', '.webp')
 MEAN_IMAGE_FILE = 'mean_image.npy'
+# ILSVRC-2012's 1000 classes in label order (sorted WordNet ids, as TFDS imagenet2012 and
+# Caffe number them), each with its WordNet lemmas; the file says where it comes from.
+IMAGENET_CLASSES_FILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'imagenet_classes.txt')
 
 
 # ----------------------------------------------------------------------------- sources --
 
 def _folder_root(data):
-  return os.path.abspath(os.path.expanduser(data.data_dir or SAMPLE_DIR))
+  return os.path.abspath(os.path.expanduser(data.data_dir))
 
 
-def class_names(data):
-  """The class folder names of the train split, sorted; label i is class_names[i]."""
+def class_names(data, split=None):
+  """Label i's name is class_names(data)[i].
+
+  config.data.class_names when set; else, for folders, the sorted class folders of the
+  train split, or of `split` where the root has no train split (a folder holding only
+  the evaluated split); for TFDS, its label names.
+  """
+  if data.get('class_names'):
+    return list(data.class_names)
   if data.dataset == 'folder':
     root = os.path.join(_folder_root(data), data.train_split)
+    if split is not None and not os.path.isdir(root):
+      root = os.path.join(_folder_root(data), split)
     _check_folder(data, root)
     return sorted(d for d in os.listdir(root)
                   if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
   if data.dataset == 'records':
-    return records.read_classes(_records_root(data, data.train_split))
+    return records.read_classes(_records_root(data))
   return list(_tfds_builder(data).info.features['label'].names)
+
+
+def imagenet_classes():
+  """(WordNet ids, names): ILSVRC-2012's 1000 classes in label order."""
+  with open(IMAGENET_CLASSES_FILE) as f:
+    rows = [line.rstrip('\n').split(' ', 1) for line in f if not line.startswith('#')]
+  return [r[0] for r in rows], [r[1] for r in rows]
 
 
 def _check_folder(data, path):
@@ -76,33 +95,85 @@ def _check_folder(data, path):
     raise FileNotFoundError(
         f"Dataset folder {path} does not exist (config.data.dataset='folder', "
         f"data_dir={data.data_dir!r}). Expected root/<split>/<class>/<image>: point "
-        'config.data.data_dir at such a root, make one from a folder of class folders with '
-        '`python -m alexnet_jax.prepare split-folder`, or leave data_dir empty for the '
-        'embedded sample.')
+        'config.data.data_dir at such a root, or make one from a folder of class folders '
+        'with `python -m alexnet_jax.prepare split-folder` (README, "Data").')
 
 
 def _list_folder(data, split):
-  """Sorted (paths, labels) of root/<split>/<class>/<image>."""
-  classes = class_names(data)
+  """Sorted (paths, labels) of root/<split>/<class>/<image>; paths are bytes, so file names
+  that are not UTF-8 are read like any other."""
+  classes = class_names(data, split)
   root = os.path.join(_folder_root(data), split)
   _check_folder(data, root)
   unknown = sorted(set(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
                    - set(classes))
   if unknown:
-    raise ValueError(f'{root} has class folders {unknown[:5]} that the train split '
-                     f'{data.train_split!r} lacks; labels come from the train split.')
+    source = ('config.data.class_names' if data.get('class_names')
+              else f'the train split {data.train_split!r}')
+    raise ValueError(f'{root} has class folders {unknown[:5]} that {source} lacks; '
+                     'labels come from there.')
   paths, labels = [], []
+  extensions = tuple(e.encode() for e in IMAGE_EXTENSIONS)
   for label, name in enumerate(classes):
-    folder = os.path.join(root, name)
+    folder = os.fsencode(os.path.join(root, name))
     if not os.path.isdir(folder):
       continue
     for f in sorted(os.listdir(folder)):
-      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'):
+      if f.lower().endswith(extensions) and not f.startswith(b'.'):
         paths.append(os.path.join(folder, f))
         labels.append(label)
   if not paths:
     raise FileNotFoundError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {root}/<class>/.')
   return paths, labels
+
+
+def display_name(name):
+  """A file name (bytes or str) as printable text; bytes that are not UTF-8 as \\xNN."""
+  return name.decode('utf-8', 'backslashreplace') if isinstance(name, bytes) else name
+
+
+def splits(data):
+  """The split names the dataset has (sub-folders of a folder root, or TFDS's)."""
+  if data.dataset == 'folder':
+    root = _folder_root(data)
+    _check_folder(data, root)
+    return sorted(d for d in os.listdir(root)
+                  if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
+  if data.dataset == 'records':
+    root = _records_root(data)
+    return sorted(d for d in os.listdir(root) if records.exists(root, d))
+  return list(_tfds_builder(data).info.splits)
+
+
+def describe(data):
+  """The dataset a config.data names, in words."""
+  if data.dataset == 'folder':
+    return f'folder {_folder_root(data)}'
+  if data.dataset == 'records':
+    return f'records {_folder_root(data)}'
+  return f'TFDS {data.dataset!r} in {data.data_dir or "the default data_dir"}'
+
+
+def _read_files(paths, on_bad_image):
+  """The bytes of each file (a cached folder); unreadable files raise or are left out.
+
+  Returns (kept indices, their bytes, the names of the files left out).
+  """
+  kept, encoded, skipped = [], [], []
+  for i, path in enumerate(paths):
+    try:
+      with open(path, 'rb') as f:
+        encoded.append(f.read())
+      kept.append(i)
+    except OSError as e:
+      name = display_name(path)
+      if on_bad_image != 'skip':
+        raise ValueError(f'Cannot read image {name}: {e.strerror}. Remove or replace the '
+                         "file, or set config.data.on_bad_image='skip' to skip bad images "
+                         'and count them.') from e
+      logging.warning('Skipped an image that cannot be read: %s (%s)', name, e.strerror)
+      skipped.append(name)
+  return kept, encoded, skipped
 
 
 def _tfds_builder(data):
@@ -118,14 +189,18 @@ def _tfds_builder(data):
   return builder
 
 
-def _records_root(data, split):
-  """ROOT of config.data.dataset='records', checked to hold a complete `split`."""
-  root = os.path.abspath(os.path.expanduser(data.data_dir)) if data.data_dir else ''
-  if not root or not records.exists(root, split):
+def _records_root(data, split=None):
+  """ROOT of config.data.dataset='records', checked to hold a complete `split` (or, with
+  split None, its class names)."""
+  root = _folder_root(data) if data.data_dir else ''
+  expected = (f'ROOT/{split}/{records.INDEX_FILE}' if split is not None
+              else f'ROOT/{records.CLASSES_FILE}')
+  if not root or not (records.exists(root, split) if split is not None
+                      else os.path.exists(os.path.join(root, records.CLASSES_FILE))):
     raise FileNotFoundError(
-        f"No records of split {split!r} in data_dir={data.data_dir!r} (config.data.dataset="
-        f"'records'; expected ROOT/{split}/{records.INDEX_FILE}). Write them once from a "
-        'folder or a TFDS dataset with `python -m alexnet_jax.prepare records --dataset='
+        f"No records {'of split ' + repr(split) + ' ' if split else ''}in data_dir="
+        f"{data.data_dir!r} (config.data.dataset='records'; expected {expected}). Write them "
+        'once from a folder or a TFDS dataset with `python -m alexnet_jax.prepare records --dataset='
         'folder|imagenet2012 --data_dir=SOURCE --out=ROOT` (README, "Data") and set '
         'config.data.data_dir=ROOT.')
   return root
@@ -153,38 +228,48 @@ def mean_image_path(data):
 
 
 def mean(data, image_size):
-  """What normalize subtracts: float32 [3] per-channel, or [s, s, 3] (the mean image's centre)."""
+  """What normalize subtracts, RGB: float32 [3] per-channel (config.data.channel_mean),
+  or [s, s, 3], the centre of a mean image ('image': `prepare mean`'s; or a .npy file)."""
   if data.mean == 'channel':
-    return np.asarray(preprocessing.CHANNEL_MEAN, np.float32)
-  if data.mean != 'image':
-    raise ValueError(f"config.data.mean={data.mean!r}: use 'channel' or 'image'.")
-  path = mean_image_path(data)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"config.data.mean='image' needs the mean image {path}; compute it with "
-        f'`python -m alexnet_jax.prepare mean --dataset={data.dataset} '
-        f'--data_dir={data.data_dir} --split={data.train_split}`.')
-  return preprocessing.mean_for_crop(np.load(path).astype(np.float32), image_size)
+    return np.asarray(data.get('channel_mean', preprocessing.CHANNEL_MEAN), np.float32)
+  if data.mean == 'image':
+    path = mean_image_path(data)
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f"config.data.mean='image' needs the mean image {path}; compute it with "
+          f'`python -m alexnet_jax.prepare mean --dataset={data.dataset} '
+          f'--data_dir={data.data_dir} --split={data.train_split}`.')
+  else:
+    path = data.mean
+    if not (path.endswith('.npy') and os.path.exists(path)):
+      raise ValueError(f"config.data.mean={data.mean!r}: use 'channel', 'image' or an "
+                       'existing .npy file holding a [h, w, 3] RGB mean image.')
+  image = np.load(path).astype(np.float32)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'The mean image {path} has shape {image.shape}; expected [h, w, 3].')
+  return preprocessing.mean_for_crop(image, image_size)
 
 
 # ------------------------------------------------------------------- example streams --
 # A stream is a tf.data.Dataset of undecoded examples {'encoded' (bytes, or '' with
 # 'path'), 'label', 'file_name', 'position' (int64 for the augmentation seed, -1 = pad)}.
 
-def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
+def _folder_stream(data, split, *, train, seed, rows, start_step, batch):
   """This process's examples of a folder split, in global-batch order (see module doc).
 
   rows: (row, rows): this process reads rows [row*b, (row+1)*b) of each global batch of
   rows*b examples (b = `batch`). Evaluation pads the last global batch to full size.
   """
   paths, labels = _list_folder(data, split)
+  encoded_t, skipped = None, []
+  if data.cache:  # All the split's bytes in memory: for small datasets.
+    kept, encoded, skipped = _read_files(paths, data.on_bad_image)
+    paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+    encoded_t = tf.constant(encoded)
   n, (row, num_rows) = len(paths), rows
   global_batch = batch * num_rows
   paths_t = tf.constant(paths)
   labels_t = tf.constant(labels, tf.int32)
-  encoded_t = None
-  if data.cache:  # All the split's bytes in memory: for small datasets.
-    encoded_t = tf.constant([tf.io.gfile.GFile(p, 'rb').read() for p in paths])
 
   def mine(ids):
     """This process's rows of each global batch, ids: [steps * global_batch]."""
@@ -201,6 +286,7 @@ def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
 
   if train:
     steps = n // global_batch
+    first_epoch, skip = divmod(start_step, max(steps, 1))
 
     def epoch(e):
       ids = tf.random.experimental.stateless_shuffle(
@@ -209,7 +295,7 @@ def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
       return tf.data.Dataset.from_tensor_slices(
           (mine(ids[:steps * global_batch]), mine(positions)))
 
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip * batch)
   else:
     padded = -(-n // global_batch) * global_batch
     ids = tf.concat([tf.range(n, dtype=tf.int64),
@@ -218,10 +304,10 @@ def _folder_stream(data, split, *, train, seed, rows, first_epoch, skip, batch):
   real = None
   if not train:
     real = int((np.arange(padded).reshape(-1, num_rows, batch)[:, row] < n).sum())
-  return ds.map(lookup_fn), real
+  return ds.map(lookup_fn), real, skipped
 
 
-def _tfds_stream(data, split, *, train, seed, shard, first_epoch, skip, batch):
+def _tfds_stream(data, split, *, train, seed, shard, start_step, batch):
   """This process's even split of a TFDS split; eval padded to the largest split's batches."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _tfds_builder(data)
@@ -243,12 +329,13 @@ def _tfds_stream(data, split, *, train, seed, shard, first_epoch, skip, batch):
   if train:
     steps_per_epoch = sum(sizes) // (batch * count)
     per_epoch = steps_per_epoch * batch
+    first_epoch, skip = divmod(start_step, max(steps_per_epoch, 1))
 
     def epoch(e):
       return (base.shuffle(data.shuffle_buffer, seed=seed * 100003 + e)
               .take(per_epoch).enumerate(e * per_epoch))
 
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip * batch)
   else:
     padded = -(-max(sizes) // batch) * batch
     ds = base.enumerate().concatenate(tf.data.Dataset.from_tensors(
@@ -261,7 +348,7 @@ def _tfds_stream(data, split, *, train, seed, shard, first_epoch, skip, batch):
     ex['position'] = tf.where(position >= 0, position * count + index, -1)
     return ex
 
-  return ds.map(with_position), (None if train else sizes[index])
+  return ds.map(with_position), (None if train else sizes[index]), []
 
 
 # --------------------------------------------------------------------------- decoding --
@@ -272,16 +359,50 @@ def _encoded(ex):
                  lambda: ex['encoded'], lambda: tf.io.read_file(ex['path']))
 
 
+RESIZE_MODES = ('shorter', 'warp')
+
+
+def _resize_mode(data):
+  mode = data.get('resize_mode', 'shorter')  # Absent from configs saved before it existed.
+  if mode not in RESIZE_MODES:
+    raise ValueError(f'config.data.resize_mode={mode!r}: use one of {RESIZE_MODES}.')
+  return mode
+
+
 def _train_example(ex, seed, image_size, data):
   """Random crop and flip of the 256 x 256 image, and a PCA lighting offset."""
   key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64),
                                                  ex['position'])
   crop_seed, light_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-  image = preprocessing.decode_and_random_crop(
-      _encoded(ex), image_size, crop_seed, resize_size=data.resize_size, flip=data.flip)
+  if _resize_mode(data) == 'warp':
+    image = preprocessing.random_crop_and_flip(
+        preprocessing.warp_resize(preprocessing.decode_rgb(_encoded(ex)), data.resize_size),
+        image_size, crop_seed, flip=data.flip)
+  else:
+    image = preprocessing.decode_and_random_crop(
+        _encoded(ex), image_size, crop_seed, resize_size=data.resize_size, flip=data.flip)
   lighting = (preprocessing.pca_lighting(light_seed, data.pca_lighting_std)
               if data.pca_lighting_std > 0 else tf.zeros([3], tf.float32))
   return {'image': image, 'lighting': lighting, 'label': ex['label']}
+
+
+def eval_image(encoded, image_size, num_views, data):
+  """An image's evaluation input: the centre crop, or the ten views, of its stored
+  resize_size x resize_size version (shorter side or warp, config.data.resize_mode).
+
+  Args:
+    encoded: scalar tf.string, the file's bytes.
+  Returns:
+    uint8 [s, s, 3], or [10, s, s, 3] with num_views=10.
+  """
+  image = preprocessing.decode_rgb(encoded)
+  if _resize_mode(data) == 'warp':
+    image = preprocessing.warp_resize(image, data.resize_size)
+  else:
+    image = preprocessing.resize_shorter_and_center_crop(image, data.resize_size)
+  if num_views == 10:
+    return preprocessing.ten_views(image, image_size)
+  return preprocessing.center_crop(image, image_size)
 
 
 def _eval_example(ex, image_size, num_views, data):
@@ -290,11 +411,7 @@ def _eval_example(ex, image_size, num_views, data):
   real = ex['position'] >= 0
 
   def decode():
-    image = preprocessing.resize_shorter_and_center_crop(
-        preprocessing.decode_rgb(_encoded(ex)), data.resize_size)
-    if num_views == 10:
-      return preprocessing.ten_views(image, image_size)
-    return preprocessing.center_crop(image, image_size)
+    return eval_image(_encoded(ex), image_size, num_views, data)
 
   image = tf.cond(real, decode, lambda: tf.zeros(shape, tf.uint8))
   image = tf.ensure_shape(image, shape)
@@ -307,19 +424,21 @@ class Batches:
   """Iterator of NumPy batches that notices examples the decoder dropped.
 
   Each element carries its place in this process's stream ('index'); a gap means an image
-  failed to decode. on_bad_image='error' raises ValueError naming the file; 'skip' logs it
-  and appends it to `skipped`. describe(name) says why (default: decode it again).
+  failed to read or decode. on_bad_image='error' raises ValueError naming the file; 'skip'
+  logs it and appends its name to `skipped` (which starts with the files a cached folder
+  could not read). describe(name) says why (default: read and decode the file again).
   """
 
-  def __init__(self, ds, names, on_bad_image, with_file_names, total=None, describe=None):
+  def __init__(self, ds, names, data, with_file_names, total=None, skipped=(),
+               describe=None):
     self._it = iter(ds.as_numpy_iterator())
     self._names = names  # Dataset of file names, in stream order.
-    self._describe = describe or _decode_error
-    self._on_bad_image = on_bad_image
+    self._data = data
+    self._describe = describe
     self._with_file_names = with_file_names
     self._total = total  # Stream length (evaluation), to notice a dropped tail.
     self._next_index = 0
-    self.skipped = []
+    self.skipped = list(skipped)
 
   def __iter__(self):
     return self
@@ -328,13 +447,14 @@ class Batches:
     if hi <= lo:
       return
     for name in self._names.skip(lo).take(hi - lo).as_numpy_iterator():
-      name = name.decode()
-      error = self._describe(name)
-      if self._on_bad_image != 'skip':
+      error = (self._describe(display_name(name)) if self._describe
+               else _decode_error(name, self._data.dataset == 'folder'))
+      name = display_name(name)
+      if self._data.on_bad_image != 'skip':
         raise ValueError(
-            f'Cannot decode image {name}: {error}. Remove or replace the file, or set '
+            f'Cannot use image {name}: {error}. Remove or replace the file, or set '
             "config.data.on_bad_image='skip' to skip bad images and count them.")
-      logging.warning('Skipped an image that does not decode: %s (%s)', name, error)
+      logging.warning('Skipped an image that cannot be used: %s (%s)', name, error)
       self.skipped.append(name)
 
   def __next__(self):
@@ -362,16 +482,20 @@ class Batches:
         self._missing(int(i), int(i) + 1)
 
 
-def _decode_error(name_or_bytes):
-  """The decoder's message for a file that fails to decode (eagerly, outside tf.data)."""
-  if isinstance(name_or_bytes, str) and not os.path.exists(name_or_bytes):
-    return 'stored in the TFDS dataset'
+def _decode_error(name, in_folder):
+  """Why the file `name` (bytes) failed in the pipeline, found again outside tf.data: the
+  OS's error for a folder's file that cannot be read, else the decoder's message."""
+  if not in_folder:
+    return 'its bytes, stored in the TFDS dataset, do not decode'
   try:
-    encoded = (tf.io.read_file(name_or_bytes) if isinstance(name_or_bytes, str)
-               else name_or_bytes)
-    preprocessing.decode_rgb(encoded)
+    with open(name, 'rb') as f:
+      encoded = f.read()
+  except OSError as e:
+    return f'cannot be read ({e.strerror})'
+  try:
+    preprocessing.decode_rgb(tf.constant(encoded))
     return 'the decoder failed on it inside the pipeline'
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+  except tf.errors.InvalidArgumentError as e:
     return e.message.splitlines()[0] if e.message else type(e).__name__
 
 
@@ -499,11 +623,25 @@ def _buffers(shape):
 def _records_split(data, split, *, train, seed, start_step, image_size, num_views, batch,
                    rows, with_file_names):
   """create_split for config.data.dataset='records' (see create_split)."""
-  stored = records.open_split(_records_root(data, split), split)
+  root = _records_root(data, split)
+  stored = records.open_split(root, split)
   if stored.size != data.resize_size:
     raise ValueError(f'The records in {stored.root} are stored at {stored.size} x '
                      f'{stored.size}; set config.data.resize_size={stored.size} (or prepare '
                      f'them at {data.resize_size}).')
+  if stored.resize_mode != _resize_mode(data):
+    raise ValueError(f'The records in {stored.root} were resized with resize_mode='
+                     f'{stored.resize_mode!r}; set config.data.resize_mode='
+                     f'{stored.resize_mode!r} (or prepare them with --resize_mode='
+                     f'{_resize_mode(data)}).')
+  labels = stored.label
+  if data.get('class_names'):  # Labels index config.data.class_names, as for folders.
+    ours, theirs = list(data.class_names), records.read_classes(root)
+    unknown = sorted(set(theirs) - set(ours))
+    if unknown:
+      raise ValueError(f'The records in {root} have classes {unknown[:5]} that '
+                       'config.data.class_names lacks; labels come from there.')
+    labels = np.asarray([ours.index(c) for c in theirs], np.int32)[labels]
   if image_size > stored.size:
     raise ValueError(f'config.data.image_size={image_size} exceeds the stored '
                      f'{stored.size} x {stored.size}.')
@@ -534,7 +672,7 @@ def _records_split(data, split, *, train, seed, start_step, image_size, num_view
       index = k * batch + np.arange(len(ids))
       if not ok.all():  # Dropped here; rebatch below refills the batch from the next.
         images, lighting, ids, index = images[ok], lighting[ok], ids[ok], index[ok]
-      return images, lighting, stored.label[ids], ids, index
+      return images, lighting, labels[ids], ids, index
 
     shape = [None, image_size, image_size, 3]
     types = (tf.uint8, tf.float32, tf.int32, tf.int64, tf.int64)
@@ -552,7 +690,7 @@ def _records_split(data, split, *, train, seed, start_step, image_size, num_view
       images = buffers()
       _views_np(whole, image_size, num_views, images)
       index = np.where(ok, k * batch + np.arange(len(ids)), -1)
-      return images, stored.label[np.maximum(ids, 0)], ok, ids, index
+      return images, labels[np.maximum(ids, 0)], ok, ids, index
 
     shape = [None] + view_shape
     types = (tf.uint8, tf.int32, tf.bool, tf.int64, tf.int64)
@@ -578,8 +716,7 @@ def _records_split(data, split, *, train, seed, start_step, image_size, num_view
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options(data))
   names = order.flat_map(lambda k, ids_positions: tf.data.Dataset.from_tensor_slices(
       tf.gather(names_t, tf.maximum(ids_positions[0], 0))))
-  return Batches(ds, names, data.on_bad_image, with_file_names,
-                 total=None if train else real,
+  return Batches(ds, names, data, with_file_names, total=None if train else real,
                  describe=lambda name: bad.get(name, 'the reader left it out'))
 
 
@@ -603,34 +740,17 @@ def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
     with_file_names: also yield 'file_name' (bytes [b]).
   """
   index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
-  if global_batch_size % count:
-    raise ValueError(f'The global batch size {global_batch_size} must be divisible by '
-                     f'the {count} processes that read data.')
-  if num_views not in (1, 10):
-    raise ValueError(f'num_views={num_views}: use 1 (centre crop) or 10 (the paper\'s views).')
-  if data.on_bad_image not in ('error', 'skip'):
-    raise ValueError(f"config.data.on_bad_image={data.on_bad_image!r}: 'error' or 'skip'.")
-  if image_size > data.resize_size:
-    raise ValueError(f'config.data.image_size={image_size} exceeds resize_size='
-                     f'{data.resize_size}.')
   batch = global_batch_size // count
   if data.dataset == 'records':
     return _records_split(data, split, train=train, seed=seed, start_step=start_step,
                           image_size=image_size, num_views=num_views, batch=batch,
                           rows=(index, count), with_file_names=with_file_names)
-  total = num_examples(data, split)
-  steps_per_epoch = total // global_batch_size
-  if train and steps_per_epoch == 0:
-    raise ValueError(f'The global batch size {global_batch_size} exceeds the {total} '
-                     f'examples of {split!r}.')
-  first_epoch, skip_steps = divmod(start_step, max(steps_per_epoch, 1))
-  kwargs = dict(train=train, seed=seed, first_epoch=first_epoch, skip=skip_steps * batch,
-                batch=batch)
+  kwargs = dict(train=train, seed=seed, start_step=start_step, batch=batch)
   if data.dataset == 'folder':
-    stream, real_total = _folder_stream(data, split, rows=(index, count), **kwargs)
+    stream, real_total, skipped = _folder_stream(data, split, rows=(index, count), **kwargs)
     stream = stream.map(lambda ex: dict(ex, file_name=ex['path']))
   else:
-    stream, real_total = _tfds_stream(data, split, shard=(index, count), **kwargs)
+    stream, real_total, skipped = _tfds_stream(data, split, shard=(index, count), **kwargs)
   stream = stream.enumerate()  # 'index': place in this process's stream; pads come last.
 
   def decode(i, ex):
@@ -648,5 +768,5 @@ def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(_options(data))
   names = stream.map(lambda i, ex: ex['file_name'])
-  return Batches(ds, names, data.on_bad_image, with_file_names,
-                 total=None if train else real_total)
+  return Batches(ds, names, data, with_file_names, total=None if train else real_total,
+                 skipped=skipped)

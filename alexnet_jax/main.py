@@ -2,9 +2,8 @@
 
 Config fields are overridden on the command line (`--config.batch_size=256`); a preset
 follows the file name (`--config=configs/alexnet.py:original_code`). Rerunning with the
-same --workdir resumes from its latest checkpoint. Multi-host: set config.distributed=True
-(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID) and start one process
-per host; jax.distributed connects them.
+same --workdir resumes from its latest checkpoint. Several hosts: one process per host,
+connected by JAX's distributed runtime (README, "Several machines").
 """
 
 import os
@@ -15,17 +14,25 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from alexnet_jax import console
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.DEFINE_bool('library_logs', False, 'Also show the INFO and WARNING lines of JAX, '
+                  'orbax and TensorFlow (by default only their errors).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def maybe_initialize_distributed(config):
-  """Starts JAX's distributed runtime when the config or the environment asks for it."""
+  """Starts JAX's distributed runtime when the config or the environment asks for it.
+
+  With config.distributed, jax.distributed.initialize() finds the cluster itself (SLURM,
+  Open MPI, TPU pods); JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set
+  it up anywhere else.
+  """
   if config.distributed or 'JAX_COORDINATOR_ADDRESS' in os.environ:
     env = os.environ
     jax.distributed.initialize(
@@ -37,11 +44,12 @@ def maybe_initialize_distributed(config):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.setup(FLAGS.library_logs)
   maybe_initialize_distributed(FLAGS.config)
   logging.info('JAX process %d of %d; %d local / %d global devices: %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  console.run(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -2,7 +2,8 @@
 
 The paper's network is two columns, one per GPU (Section 3.2, Figure 2). Every layer's
 channels are split in two halves; conv2, conv4 and conv5 read only their own column's
-maps, conv3 and fc6-fc8 read both.
+maps, conv3 and fc6-fc8 read both. LRN's window stays inside a column too, except in
+Caffe's replication (``lrn_across_columns``; configs/alexnet.py preset 'caffe').
 
 One parameter layout serves every way of running the network. The last axis of every
 kernel and bias (output channels or units) is [column 0 | column 1]; the kernels of the
@@ -11,7 +12,7 @@ column-local layers hold the input channels of one column, as a grouped convolut
 
 * On one device (``model_axis=None``) both columns are computed locally. The column-local
   layers run as two convolutions over the channel halves (``group_impl='split'``; XLA:CPU
-  is slow with ``feature_group_count=2``, see ../shared/reference/performance.md) or as one
+  is slow with ``feature_group_count=2``, benchmarks/NOTES.md item 0) or as one
   grouped convolution (``group_impl='feature_group'``).
 * Inside ``jax.shard_map`` over a mesh axis of size 2 (``model_axis='model'``), every
   parameter is sharded on its last axis, so each device holds one column, exactly as the
@@ -41,7 +42,7 @@ LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7', 'l
 WIDTHS = {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256,
           'fc6': 4096, 'fc7': 4096}
 
-INITS = ('paper', 'original_code', 'he')
+INITS = ('paper', 'original_code', 'bvlc', 'he')
 
 
 def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1):
@@ -200,21 +201,25 @@ def spatial_norm(x, *, size=5, scale=4e-5, power=0.75):
   return (x * (1.0 + scale * window) ** -power).astype(x.dtype)
 
 
-def initializers(scheme, layer):
+def initializers(scheme, layer, bias=1.0):
   """(kernel_init, bias_init) for ``layer`` under an initialisation scheme.
 
-  'paper': weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0
-    (Section 5). 'original_code': the same but conv3-conv5 weights N(0, 0.03)
-    (layer-params-145.cfg). 'he': He-normal weights, zero biases, for modern training
-    (with inputs divided by the pixels' standard deviation: config.data.std, preset 'he').
+  'paper': weights N(0, 0.01); biases ``bias`` (the paper: 1) in conv2, conv4, conv5, fc6,
+    fc7, else 0 (Section 5). 'original_code': the same but conv3-conv5 weights N(0, 0.03)
+    (layer-params-145.cfg). 'bvlc': Caffe's replication (train_val.prototxt): the same but
+    fc6 and fc7 weights N(0, 0.005), used with ``bias`` 0.1. 'he': He-normal weights, zero
+    biases, for modern training (with inputs divided by the pixels' standard deviation:
+    config.data.std, preset 'he').
   """
-  if scheme not in INITS:
-    raise ValueError(f'model.init_scheme={scheme!r}: choose one of {INITS}.')
   if scheme == 'he':
     return nn.initializers.he_normal(), nn.initializers.zeros
-  std = 0.03 if scheme == 'original_code' and layer in ('conv3', 'conv4', 'conv5') else 0.01
-  bias = 1.0 if layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
-  return nn.initializers.normal(std), nn.initializers.constant(bias)
+  std = 0.01
+  if scheme == 'original_code' and layer in ('conv3', 'conv4', 'conv5'):
+    std = 0.03
+  if scheme == 'bvlc' and layer in ('fc6', 'fc7'):
+    std = 0.005
+  value = bias if layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
+  return nn.initializers.normal(std), nn.initializers.constant(value)
 
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
@@ -254,13 +259,10 @@ class Conv(nn.Module):
       y = conv(x, kernel)
     elif self.group_impl == 'feature_group':
       y = conv(x, kernel, feature_group_count=self.groups)
-    elif self.group_impl == 'split':
+    else:  # 'split'
       y = jnp.concatenate([conv(xi, ki) for xi, ki in zip(
           jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))],
                           axis=-1)
-    else:
-      raise ValueError(f"model.group_impl={self.group_impl!r}: use 'split' or "
-                       "'feature_group'.")
     return y + bias.astype(self.dtype)
 
 
@@ -295,9 +297,13 @@ class AlexNet(nn.Module):
   pool_stride: int = 2
   dropout_rate: float = 0.5
   init_scheme: str = 'paper'
+  init_bias: float = 1.0  # Biases of conv2, conv4, conv5, fc6, fc7 at init (BVLC: 0.1).
   lrn1_before_relu: bool = False  # Original code: LRN1 normalises conv1's pre-activation.
   spatial_norm: bool = False  # Original code: a 5x5 same-channel norm after LRN2.
   conv1_padding: str = 'paper'  # 'paper': 224 input padded (0, 3); 'valid': 227, Caffe.
+  # True: the LRN window runs over all channels of the layer, across the two columns, as
+  # Caffe's bvlc_alexnet; False: inside each column, as the original code.
+  lrn_across_columns: bool = False
   group_impl: str = 'split'
   dtype: str = 'float32'  # Compute dtype; parameters are always float32.
   # Set by the model-parallel step, never by configs: the shard_map axes this call runs
@@ -307,47 +313,46 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool, return_features: bool = False):
-    if self.columns not in (1, 2):
-      raise ValueError(f'model.columns={self.columns}: the network has 1 or 2 columns.')
+    # Fields as alexnet_jax.checks.validate admits them; a mesh axis of 1 or `columns`.
     shards = axis_size(self.model_axis)
-    if shards not in (1, self.columns):
-      raise ValueError(f'The model axis has size {shards} but the network has '
-                       f'{self.columns} column(s): use a mesh with model=1 or model='
-                       f'{self.columns}.')
-    if self.num_classes % shards:
-      raise ValueError(f'model.num_classes={self.num_classes} must be divisible by the '
-                       f'model axis size {shards}.')
     groups = self.columns // shards  # Columns computed on this device.
     dtype = jnp.dtype(self.dtype)
-    pad1 = {'paper': ((0, 3), (0, 3)), 'valid': 'VALID'}.get(self.conv1_padding)
-    if pad1 is None:
-      raise ValueError(f"model.conv1_padding={self.conv1_padding!r}: use 'paper' (224 "
-                       "input) or 'valid' (227 input).")
+    pad1 = {'paper': ((0, 3), (0, 3)), 'valid': 'VALID'}[self.conv1_padding]
 
     def conv(name, x, kernel_size, stride=1, padding='SAME', groups=1):
-      kernel_init, bias_init = initializers(self.init_scheme, name)
+      kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
       return Conv(WIDTHS[name] // shards, kernel_size, stride, padding, groups,
                   self.group_impl, kernel_init, bias_init, dtype, name=name)(x)
 
     def dense(name, x, features):
-      kernel_init, bias_init = initializers(self.init_scheme, name)
+      kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
       return nn.Dense(features // shards, kernel_init=kernel_init, bias_init=bias_init,
                       dtype=dtype, param_dtype=jnp.float32, name=name)(x)
-
-    def lrn(x):
-      if not self.lrn:
-        return x
-      return local_response_norm(x, size=self.lrn_size, k=self.lrn_k,
-                                 alpha=self.lrn_alpha, beta=self.lrn_beta, groups=groups)
-
-    def pool(x):
-      return max_pool(x, self.pool_window, self.pool_stride)
 
     def both_columns(x):
       """[..., local channels] -> [..., all channels], for the layers that cross."""
       if self.model_axis is None:
         return x
       return lax.all_gather(x, self.model_axis, axis=x.ndim - 1, tiled=True)
+
+    def lrn(x):
+      if not self.lrn:
+        return x
+      norm = functools.partial(local_response_norm, size=self.lrn_size, k=self.lrn_k,
+                               alpha=self.lrn_alpha, beta=self.lrn_beta)
+      if not self.lrn_across_columns:
+        return norm(x, groups=groups)
+      if shards == 1:
+        return norm(x)
+      # The windows at a column's edge reach into the other device's channels: normalise
+      # all channels (gathered) and keep this device's. Costs a gather of conv1's and
+      # conv2's maps and twice the LRN arithmetic; only the Caffe network does it.
+      c = x.shape[-1]
+      return lax.dynamic_slice_in_dim(norm(both_columns(x)),
+                                      lax.axis_index(self.model_axis) * c, c, axis=x.ndim - 1)
+
+    def pool(x):
+      return max_pool(x, self.pool_window, self.pool_stride)
 
     feats = {}
     x = x.astype(dtype)

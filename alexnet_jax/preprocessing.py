@@ -9,6 +9,10 @@ jax.numpy on the device inside the jitted step, so batches cross to the device a
   eval:  decode_rgb -> resize_shorter_and_center_crop(256) -> ten_views or center_crop
   step:  normalize(images, lighting, mean)
 
+Caffe's replication (config.data.resize_mode='warp') resizes to 256 x 256 ignoring the
+aspect ratio (warp_resize) where the paper keeps it, and its network reads BGR
+(normalize's channel_order).
+
 Randomness is stateless: every random op takes a [2] int seed, so a pipeline that derives
 one seed per example (and epoch) is deterministic.
 """
@@ -21,10 +25,10 @@ import tensorflow as tf
 CHANNEL_MEAN = (127.3, 119.7, 104.9)
 
 # PCA of ImageNet's RGB pixel values in 0-255, from the original code's data provider
-# (convdata.py: `color_pca` in the batch metadata; ../shared/reference/recipe.md).
+# (convdata.py: `color_pca` in the batch metadata; docs/reference.md, "Data").
 # PCA_STDDEVS[i] is the standard deviation (sqrt of the eigenvalue) along PCA_EIGVECS[:, i],
 # smallest first. PCA_EIGVECS holds the eigenvectors as COLUMNS: it is the transpose of the
-# 3x3 matrix printed in recipe.md, whose ROWS pair with [19.72, 37.09, 121.78] in order.
+# 3x3 matrix printed in docs/reference.md, whose ROWS pair with [19.72, 37.09, 121.78].
 # Read the other way the model covariance has a negative red-blue correlation and misses
 # ImageNet's by 130%; read this way it matches the pixel covariance of Imagenette to 3%
 # and its largest component is the brightness axis -(0.564, 0.576, 0.592)
@@ -39,7 +43,8 @@ def decode_rgb(image_bytes):
   """Decodes a JPEG (RGB, grayscale or CMYK), PNG, GIF, BMP or WebP to RGB.
 
   ImageNet holds CMYK and grayscale JPEGs and one PNG named .JPEG; all come out as three
-  RGB channels. Bytes that are not an image, or a truncated JPEG, raise
+  RGB channels. EXIF orientation tags are ignored: pixels come out as stored, as TFDS, PIL's
+  Image.open and the original code read ImageNet (its labels and boxes refer to them). Bytes that are not an image, or a truncated JPEG, raise
   tf.errors.InvalidArgumentError when the op runs ('Unknown image file format...',
   'jpeg::Uncompress failed...'); TF returns no partial image.
 
@@ -97,6 +102,26 @@ def resize_shorter_and_center_crop(image, size=256, antialias=True):
       lambda: image,
       lambda: _to_uint8(tf.image.resize(image, [new_h, new_w], antialias=antialias)))
   return center_crop(image, size)
+
+
+def warp_resize(image, size=256):
+  """Caffe's stored format: the whole image resized to size x size, aspect ratio ignored.
+
+  Plain bilinear interpolation without antialiasing, as OpenCV's cv::resize (INTER_LINEAR)
+  that Caffe's convert_imageset uses; an image already size x size is passed through.
+
+  Args:
+    image: uint8 [h, w, 3].
+  Returns:
+    uint8 [size, size, 3].
+  """
+  shape = tf.shape(image)
+  resized = tf.cond(
+      tf.logical_and(shape[0] == size, shape[1] == size),
+      lambda: image,
+      lambda: _to_uint8(tf.image.resize(image, [size, size], antialias=False)))
+  resized.set_shape([size, size, 3])
+  return resized
 
 
 def _crop_offsets(seed, height, width, size):
@@ -280,11 +305,17 @@ def ten_views(image, size):
   return tf.concat([views, tf.reverse(views, axis=[2])], axis=0)
 
 
-def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32, std=1.0):
+CHANNEL_ORDERS = ('rgb', 'bgr')
+
+
+def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32, std=1.0,
+              channel_order='rgb'):
   """(images + lighting - mean) / std, on the device (jax.numpy, inside the jitted step).
 
   With std 1 pixels stay in 0-255 units: the paper only subtracts the mean (Section 2).
   He initialisation assumes unit-variance inputs: divide by the pixels' std (57.7).
+  Images, lighting, mean and std are RGB; channel_order='bgr' reverses the channels of
+  the result last, for networks that read BGR (Caffe's).
 
   Args:
     images: uint8 [b, ..., h, w, 3], e.g. [b, h, w, 3] or [b, 10, h, w, 3] for eval views.
@@ -292,9 +323,12 @@ def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32, std=1
     mean: [3] per-channel mean, or [h, w, 3] mean image (mean_for_crop).
     dtype: of the result.
     std: divides the result (scalar or [3]); 1 in the paper.
+    channel_order: 'rgb' or 'bgr', the order of the result's channels.
   Returns:
     dtype [b, ..., h, w, 3].
   """
+  if channel_order not in CHANNEL_ORDERS:
+    raise ValueError(f'channel_order={channel_order!r}: use one of {CHANNEL_ORDERS}.')
   x = images.astype(jnp.float32)
   if lighting is not None:
     lighting = jnp.asarray(lighting, jnp.float32)
@@ -302,6 +336,8 @@ def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32, std=1
   x = x - jnp.asarray(mean, jnp.float32)
   if std != 1.0:
     x = x / jnp.asarray(std, jnp.float32)
+  if channel_order == 'bgr':
+    x = x[..., ::-1]
   return x.astype(dtype)
 
 

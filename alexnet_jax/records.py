@@ -5,7 +5,8 @@ decoding JPEGs (benchmarks/NOTES.md, item 16).
     ROOT/<split>/images-00000-of-00003.npy    uint8 [k, S, S, 3]: k = shard_size, the last
                                               shard fewer (plain .npy: np.load reads it)
     ROOT/<split>/index.npz                    label int32 [n], checksum uint64 [n],
-                                              file_name bytes [n], size, shard_size
+                                              file_name bytes [n], size, shard_size,
+                                              resize_mode ('shorter' or 'warp')
 
 Written by `python -m alexnet_jax.prepare records`; index.npz is written last, so a split
 without it is incomplete. Record i is image i of the split in the source's order (a
@@ -41,6 +42,7 @@ class Split(NamedTuple):
   label: np.ndarray  # int32 [n]
   checksum: np.ndarray  # uint64 [n]
   file_name: np.ndarray  # bytes [n]: the source's name for each image.
+  resize_mode: str  # How the source was resized to S x S (config.data.resize_mode).
 
   @property
   def num_examples(self):
@@ -79,7 +81,7 @@ def _shard_name(k, count):
   return f'images-{k:05d}-of-{count:05d}.npy'
 
 
-def write_split(root, split, batches, num_examples, shard_size=1024):
+def write_split(root, split, batches, num_examples, shard_size=1024, resize_mode='shorter'):
   """Writes ROOT/<split>: shards of `shard_size` images, then index.npz.
 
   Args:
@@ -90,6 +92,7 @@ def write_split(root, split, batches, num_examples, shard_size=1024):
     num_examples: how many images `batches` holds at most (names the shards; fewer is
       fine, e.g. when bad images were left out).
     shard_size: images per shard (1024: 201 MB at 256 x 256).
+    resize_mode: how the images were resized (kept in the index; the pipeline checks it).
   Returns:
     the number of images written.
   """
@@ -132,7 +135,7 @@ def write_split(root, split, batches, num_examples, shard_size=1024):
   tmp = os.path.join(folder, 'index.tmp.npz')
   np.savez(tmp, label=np.asarray(labels, np.int32), checksum=np.asarray(sums, np.uint64),
            file_name=np.asarray(names, dtype=bytes), size=np.int64(size or 0),
-           shard_size=np.int64(shard_size))
+           shard_size=np.int64(shard_size), resize_mode=np.asarray(resize_mode))
   os.replace(tmp, os.path.join(folder, INDEX_FILE))
   return len(labels)
 
@@ -158,13 +161,15 @@ def open_split(root, split):
   with np.load(os.path.join(folder, INDEX_FILE)) as index:
     label, sums, names = index['label'], index['checksum'], index['file_name']
     size, shard_size = int(index['size']), int(index['shard_size'])
+    resize_mode = str(index['resize_mode'])
   count = -(-len(label) // shard_size)
   shards = tuple(_shard_name(k, count) for k in range(count))
   offsets = []
   for k, name in enumerate(shards):
     offsets.append(_header_length(os.path.join(folder, name), size,
                                   min(shard_size, len(label) - k * shard_size)))
-  return Split(folder, size, shard_size, shards, tuple(offsets), label, sums, names)
+  return Split(folder, size, shard_size, shards, tuple(offsets), label, sums, names,
+               resize_mode)
 
 
 def _header_length(path, size, count):
@@ -200,13 +205,13 @@ def _each(split, ids, buffer):
         fd = files.get(shard)
         if fd is None:
           if split.offsets[shard] < 0:
-            raise OSError(f'{split.where(i)[0]} is missing or not a shard of '
-                          f'[{split.size}, {split.size}, 3] uint8 images')
+            raise OSError(f'its file is missing or not a shard of [{split.size}, '
+                          f'{split.size}, 3] uint8 images')
           fd = files[shard] = os.open(os.path.join(split.root, split.shards[shard]),
                                       os.O_RDONLY)
         got = os.preadv(fd, [out], split.offsets[shard] + j * record_bytes)
         if got != record_bytes:
-          raise OSError(f'{split.where(i)[0]} ends {got} bytes into it (truncated)')
+          raise OSError(f'the file ends {got} bytes into it (truncated)')
       except OSError as e:
         yield k, f'{split.describe(i)} cannot be read: {e.strerror or e}'
         continue

@@ -6,9 +6,11 @@ state leaf shaped like one, is split on its last axis (`partition_spec`, the one
 layout is declared). The batch is split over 'data' and replicated over 'model'.
 """
 
+import itertools
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -16,15 +18,18 @@ from absl import logging
 from flax.training import train_state
 import jax
 from jax import lax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import tensorflow as tf
 import tqdm
 
 from alexnet_jax import checkpointing
+from alexnet_jax import checks
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
@@ -38,27 +43,42 @@ class TrainState(train_state.TrainState):
   plateau_state: Any = None
 
 
-def create_mesh(mesh_config, devices=None):
-  """A ('data', 'model') mesh over all devices (of every process).
+def mesh_shape(mesh_config, columns, num_devices):
+  """(data, model, why): the mesh config.mesh asks for over `num_devices` devices.
 
-  mesh_config.model: 2 for the paper's column-per-device split, 1 for none, 0 for 2 when
-  the device count is even and 1 otherwise; mesh_config.data: the data-parallel size, -1
-  for all remaining devices.
+  mesh_config.model: 2 for the paper's column-per-device split, 1 for none, 0 to choose:
+  2 wherever the device count is even and the network has two columns, else 1.
+  mesh_config.data: the data-parallel size, -1 for all remaining devices.
   """
-  devices = jax.devices() if devices is None else devices
-  n, model = len(devices), mesh_config.model
+  n, model = num_devices, mesh_config.model
+  if model not in (0, 1, 2):
+    raise ValueError(f'config.mesh.model={model} must be 2 (a column per device, as the '
+                     'paper), 1 (no model parallelism) or 0 (2 where the devices allow).')
+  why = f'config.mesh.model={model}'
   if model == 0:
-    model = 2 if n % 2 == 0 else 1
-  if model not in (1, 2):
-    raise ValueError(f'config.mesh.model={model}: use 2 (a column per device, as the '
-                     'paper), 1 (no model parallelism) or 0 (2 when the devices allow).')
+    if columns == 1:
+      model, why = 1, 'the one-column network has no columns to split'
+    elif n % 2 == 0:
+      model, why = 2, 'a column per device, as the paper split its net over two GPUs'
+    else:
+      model, why = 1, (f'{n} device(s), not a multiple of 2: both columns on every device '
+                       '(the paper\'s split needs an even device count)')
   if n % model:
     raise ValueError(f'config.mesh.model={model} does not divide the {n} device(s); use '
-                     '--config.mesh.model=1 (or 0 to pick by device count).')
+                     '--config.mesh.model=0 to choose by device count (or 1).')
   data = n // model if mesh_config.data == -1 else mesh_config.data
-  if data * model != n:
-    raise ValueError(f'config.mesh.data={mesh_config.data} x config.mesh.model={model} '
-                     f'must equal the number of devices ({n}); use data=-1 to fill.')
+  if data < 1 or data * model != n:
+    raise ValueError(f'config.mesh.data={mesh_config.data} x model={model} must equal the '
+                     f'number of devices ({n}); use --config.mesh.data=-1 to fill.')
+  return data, model, why
+
+
+def create_mesh(mesh_config, devices=None, columns=2):
+  """A ('data', 'model') mesh over all devices (of every process); see `mesh_shape`."""
+  devices = jax.devices() if devices is None else devices
+  data, model, why = mesh_shape(mesh_config, columns, len(devices))
+  logging.info('Mesh data=%d x model=%d over %d %s device(s): %s.', data, model,
+               len(devices), devices[0].platform, why)
   return jax.make_mesh((data, model), AXES, axis_types=(AxisType.Auto,) * 2,
                        devices=devices)
 
@@ -102,19 +122,24 @@ def _per_device(fn, mesh, axes, in_specs, out_specs):
                        axis_names=set(axes))
 
 
-def create_train_state(config, model, tx, mesh):
-  """Initialises parameters from config.seed straight into their shards on `mesh`."""
+def create_train_state(config, model, tx, mesh, params=None):
+  """Initialises parameters from config.seed straight into their shards on `mesh`.
+
+  `params` (e.g. converted published weights, in the model's layout) are used instead of
+  an initialisation; the optimizer state starts fresh either way.
+  """
   plateau = optimizer.create_plateau(config)
   size = config.data.image_size
 
-  def init():
-    params = model.init({'params': jax.random.key(config.seed)},
-                        jnp.zeros((1, size, size, 3), jnp.float32), train=False)['params']
+  def init(params):
+    if params is None:
+      params = model.init({'params': jax.random.key(config.seed)},
+                          jnp.zeros((1, size, size, 3), jnp.float32), train=False)['params']
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                              plateau_state=plateau.init(params))
 
-  abstract = jax.eval_shape(init)
-  return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))()
+  abstract = jax.eval_shape(init, params)
+  return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))(params)
 
 
 def cross_entropy(logits, labels):
@@ -135,7 +160,8 @@ def make_train_step(config, model, mesh, state, mean):
 
   def step(state, batch):
     images = preprocessing.normalize(batch['image'], batch['lighting'], mean,
-                                     std=config.data.std)
+                                     std=config.data.std,
+                                     channel_order=config.data.channel_order)
     rng = jax.random.fold_in(dropout_key, state.step)
 
     def loss_fn(params):
@@ -177,12 +203,14 @@ def make_train_step(config, model, mesh, state, mean):
                  out_shardings=(_shardings(mesh, specs), NamedSharding(mesh, P())))
 
 
-def make_eval_step(model, mesh, params, mean, std=1.0):
+def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
   """The jitted evaluation step: (params, batch) -> summed counts over the batch.
 
   batch: {'image': uint8 [b, s, s, 3] or [b, views, s, s, 3], 'label': int32 [b],
-  'mask': bool [b]}. With views, the softmax outputs are averaged (Section 4.1).
-  Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples.
+  'mask': bool [b]}, normalised as preprocessing.normalize (mean, std, channel_order).
+  With views, the softmax outputs are averaged (Section 4.1).
+  Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples;
+  top-5 is top-min(5, classes).
   """
   axes = manual_axes(mesh)
   local_model = _local(model, axes)
@@ -191,13 +219,13 @@ def make_eval_step(model, mesh, params, mean, std=1.0):
     images = batch['image']
     lead = images.shape[:-3]
     images = preprocessing.normalize(images.reshape((-1,) + images.shape[-3:]), None, mean,
-                                     std=std)
+                                     std=std, channel_order=channel_order)
     logits = local_model.apply({'params': params}, images, train=False)
     probs = jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
     if probs.ndim == 3:
       probs = probs.mean(axis=1)
     labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
-    top5 = lax.top_k(probs, 5)[1]
+    top5 = lax.top_k(probs, min(5, probs.shape[-1]))[1]  # Top-2 for a 2-class network.
     sums = {
         'top1_correct': (jnp.argmax(probs, -1) == labels) * mask,
         'top5_correct': jnp.any(top5 == labels[:, None], axis=-1) * mask,
@@ -238,8 +266,12 @@ def global_batch(mesh, local_batch):
           sharding, x, (x.shape[0] * count,) + x.shape[1:]), local_batch)
 
 
-def evaluate(eval_step, params, config, mesh, num_views):
-  """Top-1/top-5 error and loss over the whole eval split, each example counted once."""
+def evaluate(eval_step, params, config, mesh, num_views, stop=lambda: False):
+  """Top-1/top-5 error and loss over the whole eval split, each example counted once.
+
+  stop() is asked after every batch; when it says True the evaluation is abandoned and
+  None returned (a preempted run saves and exits within a batch's time).
+  """
   totals = None
   batches = input_pipeline.create_split(
       config.data, config.data.eval_split, global_batch_size=config.eval_batch_size,
@@ -248,6 +280,8 @@ def evaluate(eval_step, params, config, mesh, num_views):
   for batch in batches:
     sums = eval_step(params, global_batch(mesh, batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if stop():
+      return None
   totals = jax.device_get(totals)
   count = float(totals['count'])
   return {'top1_error': 1.0 - totals['top1_correct'] / count,
@@ -255,62 +289,38 @@ def evaluate(eval_step, params, config, mesh, num_views):
           'loss': totals['loss'] / count, 'count': count}
 
 
-def validate_config(config, mesh):
-  """Checks values that would otherwise fail late or silently; raises ValueError."""
-  data = mesh.shape['data']
-  for name in ('batch_size', 'eval_batch_size'):
-    value = config[name]
-    if value <= 0 or value % data:
-      raise ValueError(f'config.{name}={value} must be a positive multiple of the data '
-                       f'axis size {data} (devices {jax.device_count()} / model '
-                       f'{mesh.shape["model"]}).')
-  if config.learning_rate <= 0:
-    raise ValueError(f'config.learning_rate={config.learning_rate} must be positive.')
-  if config.model.columns == 1 and mesh.shape['model'] != 1:
-    raise ValueError('config.model.columns=1 (no column split) runs with config.mesh.model=1.')
-  if config.model.columns == 2 and mesh.shape['model'] not in (1, 2):
-    raise ValueError(f'config.mesh.model={mesh.shape["model"]}: the two-column network '
-                     'runs with model=1 or model=2.')
-  checks = [
-      (config.on_nan in ('stop', 'skip'), "on_nan={!r}: use 'stop' or 'skip'", 'on_nan'),
-      (config.schedule in optimizer.SCHEDULES, 'schedule={!r}: use one of '
-       + str(optimizer.SCHEDULES), 'schedule'),
-      (0 <= config.momentum < 1, 'momentum={} must be in [0, 1)', 'momentum'),
-      (config.weight_decay >= 0, 'weight_decay={} must be >= 0', 'weight_decay'),
-      (0 <= config.model.dropout_rate < 1, 'model.dropout_rate={} must be in [0, 1)',
-       'model.dropout_rate'),
-      (config.model.num_classes >= 1, 'model.num_classes={} must be >= 1',
-       'model.num_classes'),
-      (config.model.columns in (1, 2), 'model.columns={}: use 1 or 2', 'model.columns'),
-      (config.data.eval_views in (1, 10), 'data.eval_views={}: use 1 or 10',
-       'data.eval_views'),
-      (0 < config.data.image_size <= config.data.resize_size,
-       'data.image_size={} must be positive and at most data.resize_size', 'data.image_size'),
-      (config.data.std > 0, 'data.std={} must be positive', 'data.std'),
-      (config.data.pca_lighting_std >= 0, 'data.pca_lighting_std={} must be >= 0',
-       'data.pca_lighting_std'),
-      (config.num_epochs > 0 or config.num_train_steps > 0,
-       'num_epochs={} and num_train_steps: one must be positive', 'num_epochs'),
-  ]
-  for ok, message, field in checks:
-    if not ok:
-      value = config
-      for part in field.split('.'):
-        value = value[part]
-      raise ValueError('config.' + message.format(value) + '.')
-  for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-               'keep_checkpoints'):
-    if config[name] < 1:
-      raise ValueError(f'config.{name}={config[name]} must be >= 1.')
+def _truncate_history(path, step):
+  """Drops the lines of a metrics.jsonl past `step`: a run resumed at `step` redoes them,
+  so the file keeps one history. A line cut short by a kill is dropped too."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] <= step:
+        keep.append(line if line.endswith('\n') else line + '\n')
+    except (ValueError, KeyError):
+      pass
+  if keep != lines:
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(keep)
+    os.replace(path + '.tmp', path)
 
 
 class MetricsWriter:
-  """Writes scalars to `metrics.jsonl` (one JSON object a line) and TensorBoard."""
+  """Writes scalars to `metrics.jsonl` (one JSON object a line) and TensorBoard.
 
-  def __init__(self, workdir, enabled=True):
+  Opened at `start_step` (a resume), it first drops the lines past that step.
+  """
+
+  def __init__(self, workdir, start_step=0, enabled=True):
     self.enabled = enabled
     if enabled:
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      _truncate_history(path, start_step)
+      self._jsonl = open(path, 'a')
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step, scalars):
@@ -330,33 +340,131 @@ class MetricsWriter:
       self._tb.close()
 
 
-class _Preempted:
-  """Records SIGTERM so the loop can save a checkpoint and exit cleanly."""
+class Preemption:
+  """Says when to stop for a SIGTERM, at a point every process agrees on.
+
+  One process: a SIGTERM handler sets a flag. Several: JAX's preemption service (started by
+  jax.distributed.initialize) catches SIGTERM on any process, and
+  `multihost_utils.reached_preemption_sync_point` turns True on every process at the same
+  call. So `reached()` must be called at the same points by every process: after every
+  training step and every evaluation batch.
+  """
 
   def __init__(self):
-    self.flag = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._calls = 0
+    self._flag = False
+    self._multi = jax.process_count() > 1
+    self._previous = None if self._multi else signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.flag = True
+    self._flag = True
 
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+  def reached(self):
+    self._calls += 1
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(self._calls)
+    return self._flag
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Progress:
+  """A progress bar on a terminal; elsewhere (a batch job's log) a log line every call of
+  `log` with step/total, epoch, loss, learning rate, images/s and the time left."""
+
+  def __init__(self, total, start, steps_per_epoch, enabled):
+    self._total, self._per_epoch = total, steps_per_epoch
+    self._bar = None
+    self._enabled = enabled
+    self._t0, self._n0 = time.perf_counter(), start
+    if enabled and sys.stderr.isatty():
+      self._bar = tqdm.tqdm(total=total, initial=start, dynamic_ncols=True, desc='train')
+
+  def update(self):
+    if self._bar is not None:
+      self._bar.update(1)
+
+  def log(self, step, loss, learning_rate, images_per_sec):
+    if self._bar is not None:
+      self._bar.set_postfix(loss=f'{loss:.3f}', img_s=f'{images_per_sec:.0f}')
+    elif self._enabled:
+      rate = (step - self._n0) / max(time.perf_counter() - self._t0, 1e-9)
+      left = (self._total - step) / max(rate, 1e-9)
+      logging.info('step %d/%d (epoch %.2f): loss %.4f, learning rate %.3g, %.0f images/s, '
+                   '%s left', step, self._total, step / self._per_epoch, loss,
+                   learning_rate, images_per_sec, _duration(left))
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _duration(seconds):
+  seconds = int(seconds)
+  if seconds >= 3600:
+    return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min'
+  return f'{seconds // 60} min {seconds % 60:02d} s'
+
+
+def compile_steps(train_step, eval_step, state, config, mesh, local_batch, num_views):
+  """Compiles the steps ahead of time, for the shapes the run will feed them.
+
+  So a multi-process run enters its first collective with every process compiled (a
+  process that compiles much later would hit the CPU collectives' 30 s timeout), and a
+  compile error shows before the first step.
+  """
+  def abstract(x, rows):
+    return jax.ShapeDtypeStruct((rows,) + x.shape[1:], x.dtype,
+                                sharding=NamedSharding(mesh, P('data')))
+
+  count = data_shard(mesh)[1]
+  train_batch = jax.tree.map(lambda x: abstract(x, x.shape[0] * count), local_batch)
+  size, b = config.data.image_size, config.eval_batch_size
+  compiled_eval = {}
+  for views in sorted({1, num_views}):
+    shape = (b, views, size, size, 3) if views > 1 else (b, size, size, 3)
+    eval_batch = {'image': jax.ShapeDtypeStruct(shape, jnp.uint8),
+                  'label': jax.ShapeDtypeStruct((b,), jnp.int32),
+                  'mask': jax.ShapeDtypeStruct((b,), jnp.bool_)}
+    eval_batch = jax.tree.map(lambda x: abstract(x, b), eval_batch)
+    compiled_eval[views] = eval_step.lower(state.params, eval_batch).compile()
+  compiled_train = train_step.lower(state, train_batch).compile()
+  def eval_step_compiled(params, batch):
+    image = batch['image']
+    return compiled_eval[image.shape[1] if image.ndim == 5 else 1](params, batch)
+
+  return compiled_train, eval_step_compiled
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains and evaluates AlexNet; resumes from the latest checkpoint in `workdir`."""
+  """Trains and evaluates AlexNet; resumes from the latest checkpoint in `workdir`.
+
+  Everything that can be checked is checked before any compute: the config
+  (checks.validate), the dataset (checks.check_data), the workdir (writable, not in use by
+  another run, space for a checkpoint).
+  """
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep the accelerators for JAX.
-  mesh = create_mesh(config.mesh)
-  validate_config(config, mesh)
+  checks.validate(config)
+  mesh = create_mesh(config.mesh, columns=config.model.columns)
+  checks.validate_mesh(config, mesh)
+  num_train = checks.check_data(config)
   checkpointing.check_writable(workdir)
+  release = checkpointing.lock_workdir(workdir)
+  preemption = Preemption()  # From here on a SIGTERM ends the run cleanly.
+  try:
+    return _train(config, workdir, mesh, num_train, preemption)
+  finally:
+    preemption.close()
+    release()
+
+
+def _train(config, workdir, mesh, num_train, preemption):
+  """The loop of train_and_evaluate, once the checks have passed and the lock is held."""
   model = models.AlexNet(**config.model)
-  num_train = input_pipeline.num_examples(config.data, config.data.train_split)
   steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
-                     f'{num_train} training examples.')
   total_steps = optimizer.total_steps(config, steps_per_epoch)
   tx = optimizer.create_optimizer(
       config, optimizer.create_learning_rate_fn(config, steps_per_epoch))
@@ -365,13 +473,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   state = create_train_state(config, model, tx, mesh)
   checkpointing.check_space(workdir, state)
-  manager = checkpointing.create_manager(workdir, config)
-  state = checkpointing.restore_latest(manager, state, config)
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  state, evaluated = checkpointing.restore_latest(manager, state, config)
   start_step = int(state.step)
-  train_step = make_train_step(config, model, mesh, state, mean)
-  eval_step = make_eval_step(model, mesh, state.params, mean, config.data.std)
+  if start_step >= total_steps and evaluated:
+    logging.info('The run in %s is complete (step %d of %d).', workdir, start_step,
+                 total_steps)
+    checkpointing.finish(manager)
+    return state
   is_main = jax.process_index() == 0
-  writer = MetricsWriter(workdir, enabled=is_main)
+  writer = MetricsWriter(workdir, start_step, enabled=is_main)
   logging.info('Training %d steps (%d per epoch) from step %d on a %s mesh.',
                total_steps, steps_per_epoch, start_step, dict(mesh.shape))
 
@@ -379,10 +490,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       config.data, config.data.train_split, global_batch_size=config.batch_size,
       train=True, seed=config.seed, start_step=start_step,
       image_size=config.data.image_size, shard=data_shard(mesh))
-  preempted = _Preempted()
-  # disable=None: no bar where stderr is not a terminal (logs, notebooks).
-  progress = tqdm.tqdm(total=total_steps, initial=start_step,
-                       disable=None if is_main else True, dynamic_ncols=True, desc='train')
+  first = next(batches)
+  train_step, eval_step = compile_steps(
+      make_train_step(config, model, mesh, state, mean),
+      make_eval_step(model, mesh, state.params, mean, config.data.std,
+                     config.data.channel_order),
+      state, config, mesh, first, config.data.eval_views)
+  ocp.multihost.sync_global_processes('alexnet_jax: compiled', timeout=1800)
+  progress = Progress(total_steps, start_step, steps_per_epoch, enabled=is_main)
   pending = None  # The previous step's metrics: read one step late, keeping the device busy.
   skipped = 0
   t0, n0 = time.perf_counter(), start_step
@@ -401,13 +516,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       skipped += 1
     return metrics
 
+  def run_eval(step):
+    """The evaluation due at `step`; False if a preemption interrupted it."""
+    nonlocal state
+    last = step == total_steps
+    views = config.data.eval_views if last else 1
+    result = evaluate(eval_step, state.params, config, mesh, views, preemption.reached)
+    if result is None:
+      return False
+    writer.write(step, {'eval_top1_error': result['top1_error'],
+                        'eval_top5_error': result['top5_error'],
+                        'eval_loss': result['loss'], 'eval_views': views})
+    logging.info('step %d: eval (%d view(s), %d examples) top-1 error %.4f, top-%d error '
+                 '%.4f', step, views, result['count'], result['top1_error'],
+                 min(5, config.model.num_classes), result['top5_error'])
+    if config.schedule == 'plateau' and not last:
+      state = set_plateau(state, plateau, result['top1_error'], mesh)
+    return True
+
+  def stop(step, evaluated):
+    checkpointing.save(manager, step, state, config, evaluated=evaluated)
+    logging.warning('SIGTERM: saved a checkpoint at step %d%s; exiting. Rerun with the same '
+                    '--workdir to resume.', step,
+                    '' if evaluated else ' (its evaluation is redone on resume)')
+
   try:
+    if not evaluated and not run_eval(start_step):
+      stop(start_step, evaluated=False)
+      return state
+    stream = itertools.chain([first], batches)
     for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, global_batch(mesh, next(batches)))
+      state, metrics = train_step(state, global_batch(mesh, next(stream)))
       if pending is not None:
         check(*pending)
       pending = (step, metrics)
-      progress.update(1)
+      progress.update()
 
       if step % config.log_every_steps == 0 or step == total_steps:
         metrics = check(*pending)
@@ -419,33 +562,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         scalars.update(images_per_sec=rate, skipped_steps=skipped,
                        skipped_images=len(batches.skipped))
         writer.write(step, scalars)
-        progress.set_postfix(loss=f'{scalars["loss"]:.3f}', img_s=f'{rate:.0f}')
+        progress.log(step, scalars['loss'], scalars['learning_rate'], rate)
 
-      last = step == total_steps
-      if step % config.eval_every_steps == 0 or last:
-        views = config.data.eval_views if last else 1
-        result = evaluate(eval_step, state.params, config, mesh, views)
-        writer.write(step, {'eval_top1_error': result['top1_error'],
-                            'eval_top5_error': result['top5_error'],
-                            'eval_loss': result['loss'], 'eval_views': views})
-        logging.info('step %d: eval (%d view(s), %d examples) top-1 %.4f top-5 %.4f', step,
-                     views, result['count'], result['top1_error'], result['top5_error'])
-        if config.schedule == 'plateau' and not last:
-          state = set_plateau(state, plateau, result['top1_error'], mesh)
-
-      if step % config.checkpoint_every_steps == 0 or last or preempted.flag:
+      eval_due = step % config.eval_every_steps == 0 or step == total_steps
+      if preemption.reached() or (eval_due and not run_eval(step)):
+        if pending is not None:
+          check(*pending)
+        stop(step, evaluated=not eval_due)
+        break
+      if eval_due:
+        t0, n0 = time.perf_counter(), step  # Images/s of training alone.
+      if step % config.checkpoint_every_steps == 0 or step == total_steps:
         if pending is not None:
           check(*pending)
           pending = None
-        checkpointing.save(manager, step, state, config, workdir)
-      if preempted.flag:
-        logging.warning('SIGTERM: saved a checkpoint at step %d; exiting.', step)
-        break
+        checkpointing.save(manager, step, state, config)
   finally:
-    checkpointing.finish(manager, workdir)
+    checkpointing.finish(manager)
     progress.close()
     writer.close()
-    preempted.restore()
   return state
 
 

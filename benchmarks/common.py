@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-# Model FLOPs per image, two-column net at 224 x 224 (../shared/reference/performance.md).
+# Model FLOPs per image, two-column net at 224 x 224 (docs/reference.md, "Work per image").
 FORWARD_FLOPS = 1.449e9
 TRAIN_FLOPS = 4.35e9  # Forward, backward for activations, backward for weights: 3x.
 

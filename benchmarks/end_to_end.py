@@ -55,21 +55,23 @@ def parse(argv=None):
 def setup(args, data):
   """(config, mesh, state, train step, eval step) for the paper's network on `data`."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline, models, optimizer, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import checks, input_pipeline, models, optimizer, train  # pylint: disable=g-import-not-at-top
   from configs import alexnet  # pylint: disable=g-import-not-at-top
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
   config.data.update({k: data[k] for k in ('dataset', 'data_dir', 'cache')})
   config.batch_size, config.eval_batch_size = args.batch, args.eval_batch
   config.mesh.model, config.mesh.data = args.mesh_model, -1
-  mesh = train.create_mesh(config.mesh)
-  train.validate_config(config, mesh)
+  checks.validate(config)
+  mesh = train.create_mesh(config.mesh, columns=config.model.columns)
+  checks.validate_mesh(config, mesh)
   model = models.AlexNet(**config.model)
   tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 1000))
   state = train.create_train_state(config, model, tx, mesh)
   mean = jnp.asarray(input_pipeline.mean(config.data, config.data.image_size))
   train_step = train.make_train_step(config, model, mesh, state, mean)
-  eval_step = train.make_eval_step(model, mesh, state.params, mean, config.data.std)
+  eval_step = train.make_eval_step(model, mesh, state.params, mean, config.data.std,
+                                   config.data.channel_order)
   return config, mesh, state, train_step, eval_step
 
 

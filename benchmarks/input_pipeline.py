@@ -82,7 +82,7 @@ def store_formats(folder, tmp, formats, splits=('train',)):
 def sample_at_256(tmp, splits=('train',)):
   """The embedded sample stored at 256 x 256 (prepare resize), under tmp."""
   root = os.path.join(tmp, 'sample256')
-  prepare.resize('folder', input_pipeline.SAMPLE_DIR, root, list(splits), 256)
+  prepare.resize('folder', sample.SAMPLE_DIR, root, list(splits), 256)
   return root
 
 

@@ -1,6 +1,6 @@
 """The paper's run: AlexNet on ImageNet (ILSVRC-2012), as in Krizhevsky et al. 2012.
 
-Every hyperparameter of the recipe lives here; ../shared/reference/recipe.md gives the
+Every hyperparameter of the recipe lives here; docs/reference.md gives the
 sources. Where the paper's text and the original code (cuda-convnet, layers-145.cfg /
 layer-params-145.cfg) differ, the default follows the paper's text and the comment names
 the code's value; the 'original_code' preset switches to the code's.
@@ -15,11 +15,25 @@ Presets (comma-separated, `--config=configs/alexnet.py:original_code,bf16`):
   bf16                  bfloat16 compute, float32 parameters.
   he                    He-normal initialisation (zero biases) with inputs divided by the
                         pixels' standard deviation, for modern training.
+  bvlc_biases           the paper's initialisation with the biases of conv2, conv4, conv5,
+                        fc6, fc7 at 0.1 instead of 1: the one change Caffe's replication
+                        made to train ("initialization to 1 gave flat loss"; measured here:
+                        experiments/init_scales.py, README "Reproduction").
+  bvlc_init             Caffe's replication's whole initialisation: biases 0.1 and fc6, fc7
+                        weights N(0, 0.005).
+  caffe                 Caffe's replication, bvlc_alexnet, as its network and preprocessing
+                        compute (BVLC/caffe models/bvlc_alexnet, README "Published
+                        weights"): LRN k = 1 with the window across both columns, 227 x 227
+                        input with no padding in conv1, images resized to 256 x 256
+                        ignoring the aspect ratio, BGR, Caffe's channel means, no PCA
+                        lighting, centre-crop evaluation. `python -m alexnet_jax.convert`
+                        writes its weights with this config.
 """
 
 import ml_collections
 
-PRESETS = ('original_code', 'one_column', 'no_lrn', 'non_overlapping_pool', 'bf16', 'he')
+PRESETS = ('original_code', 'one_column', 'no_lrn', 'non_overlapping_pool', 'bf16', 'he',
+           'caffe', 'bvlc_biases', 'bvlc_init')
 
 
 def get_config(arg=''):
@@ -41,10 +55,13 @@ def get_config(arg=''):
   config.model.pool_window = 3  # Overlapping pooling z = 3, s = 2 (Section 3.4).
   config.model.pool_stride = 2
   config.model.dropout_rate = 0.5  # fc6 and fc7 (Section 4.2).
-  config.model.init_scheme = 'paper'  # 'paper' | 'original_code' (conv3-5 std 0.03) | 'he'.
+  # 'paper' | 'original_code' (conv3-5 std 0.03) | 'bvlc' (fc6-7 std 0.005) | 'he'.
+  config.model.init_scheme = 'paper'
+  config.model.init_bias = 1.0  # Biases of conv2, conv4, conv5, fc6, fc7 (Section 5).
   config.model.lrn1_before_relu = False  # Code: True (LRN1 on conv1's pre-activation).
   config.model.spatial_norm = False  # Code: True (5x5 norm after LRN2; not in the paper).
   config.model.conv1_padding = 'paper'  # 224 input padded (0, 3); 'valid' = Caffe's 227.
+  config.model.lrn_across_columns = False  # LRN window inside a column (code); Caffe: True.
   config.model.group_impl = 'split'  # Column-local convs as two convs; 'feature_group'.
   config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
 
@@ -53,14 +70,23 @@ def get_config(arg=''):
   # A TFDS name, 'folder' (root/<split>/<class>) or 'records' (prepare records; fastest).
   config.data.dataset = 'imagenet2012'
   config.data.data_dir = ''  # TFDS data_dir, or the folder root; '' = TFDS default.
-  config.data.manual_dir = ''  # Where the official ILSVRC2012 tars are (TFDS manual_dir).
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
   config.data.image_size = 224  # Training crop; 227 with model.conv1_padding = 'valid'.
   config.data.resize_size = 256  # Shorter side to 256, centre 256 x 256 (Section 2).
+  # 'shorter': as above; 'warp': the whole image to 256 x 256, aspect ratio ignored (Caffe).
+  config.data.resize_mode = 'shorter'
   config.data.flip = True  # Random horizontal reflection (Section 4.1).
   config.data.pca_lighting_std = 0.1  # alpha_i ~ N(0, 0.1) per image (Section 4.1).
-  config.data.mean = 'channel'  # 'channel' (127.3, 119.7, 104.9) or 'image' (mean image).
+  # 'channel': channel_mean; 'image': the mean image `prepare mean` stores beside the
+  # dataset; or a .npy file of a [h, w, 3] RGB mean image (relative: to the workdir of
+  # the checkpoint whose config it is in).
+  config.data.mean = 'channel'
+  config.data.channel_mean = (127.3, 119.7, 104.9)  # RGB, 0-255 (cuda-convnet2).
+  config.data.channel_order = 'rgb'  # What the network reads; 'bgr' for Caffe's weights.
+  # Label i's name; () = the dataset's: the sorted class folders of the train split (or
+  # of the evaluated split where there is no train split), or TFDS's label names.
+  config.data.class_names = ()
   config.data.std = 1.0  # Inputs are divided by it: 1 (0-255 units) in the paper.
   config.data.eval_views = 10  # 10: corners, centre and mirrors (Section 4.1); 1: centre.
   config.data.on_bad_image = 'error'  # 'error' names the file; 'skip' skips and counts.
@@ -89,9 +115,9 @@ def get_config(arg=''):
 
   # --- Mesh -----------------------------------------------------------------------------
   config.mesh = ml_collections.ConfigDict()
-  # 2: a column per device, as the paper's two GPUs; 1: none; 0: 2 if the device count
-  # is even, else 1.
-  config.mesh.model = 2
+  # 2: a column per device, as the paper's two GPUs; 1: none; 0: choose, 2 wherever the
+  # device count is even (and the net has two columns), else 1.
+  config.mesh.model = 0
   config.mesh.data = -1  # -1: all remaining devices.
 
   # --- Loop, logging, checkpoints -------------------------------------------------------
@@ -128,5 +154,22 @@ def _apply_preset(config, preset):
   elif preset == 'he':
     config.model.init_scheme = 'he'
     config.data.std = 57.7  # He et al. assume unit-variance inputs: ImageNet's pixel std.
+  elif preset == 'bvlc_biases':
+    config.model.init_bias = 0.1
+  elif preset == 'bvlc_init':
+    config.model.init_scheme = 'bvlc'
+    config.model.init_bias = 0.1
+  elif preset == 'caffe':
+    config.model.lrn_k = 1.0  # Caffe's LRNParameter default; alpha, beta, size as ours.
+    config.model.lrn_across_columns = True
+    config.model.conv1_padding = 'valid'
+    config.data.image_size = 227
+    config.data.resize_mode = 'warp'
+    config.data.channel_order = 'bgr'
+    # The ILSVRC-2012 mean image's channel means (BGR: 104.0, 116.7, 122.7); `convert
+    # --mean=imagenet_mean.binaryproto` subtracts the mean image itself.
+    config.data.channel_mean = (122.7, 116.7, 104.0)
+    config.data.pca_lighting_std = 0.0  # Trained without relighting (Caffe's readme).
+    config.data.eval_views = 1  # The published figure is the centre crop's.
   else:
     raise ValueError(f'Unknown preset {preset!r}; choose from {PRESETS}.')

@@ -11,7 +11,13 @@ and evaluation are the paper's; the initialisation is He's and the learning rate
 to the batch of 32 (why: below).
 """
 
+import os
+
 from configs import alexnet
+
+# The embedded sample, committed in the repo: data/sample/{train,validation}/<wnid>/*.JPEG.
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'data', 'sample')
 
 
 def get_config(arg=''):
@@ -21,10 +27,9 @@ def get_config(arg=''):
   # With He at 0.01 the loss spikes and settles at chance (2.30); at 0.0025 it learns.
   config = alexnet.get_config(','.join(filter(None, ['he', arg])))
   config.data.dataset = 'folder'
-  config.data.data_dir = ''  # '' = alexnet_jax.input_pipeline.SAMPLE_DIR (data/sample).
+  config.data.data_dir = SAMPLE_DIR
   config.data.cache = True  # 5 MB of JPEGs: keep the bytes in memory.
   config.model.num_classes = 10
-  config.mesh.model = 0  # Two devices, a column each, where there are; else one.
   config.batch_size = 32
   config.learning_rate = 0.01 * 32 / 128  # The paper's rate for its batch of 128, scaled.
   config.eval_batch_size = 40

@@ -14,17 +14,6 @@ import alexnet_jax  # pylint: disable=g-import-not-at-top,unused-import  # CPU d
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(os.environ.get('ALEXNET_SHARED_DATA',
-                                          REPO.parent / 'shared' / 'data'))
-
-
-@pytest.fixture(scope='session')
-def shared_data():
-  """../shared/data: the Imagenette tar (see its README)."""
-  if not (SHARED_DATA / 'imagenette224-train.tar').exists():
-    raise FileNotFoundError(f'{SHARED_DATA}/imagenette224-train.tar is missing; set '
-                            'ALEXNET_SHARED_DATA to the folder that holds it.')
-  return SHARED_DATA
 
 
 @pytest.fixture(scope='session')

@@ -38,7 +38,7 @@ def run_benchmark(module, tmp_path, *flags):
   return json.loads(out.read_text()), proc.stdout
 
 
-FLOPS = {'train_step': 4.35e9, 'forward': 1.449e9}  # Per image (performance.md).
+FLOPS = {'train_step': 4.35e9, 'forward': 1.449e9}  # Per image (docs/reference.md).
 
 
 @pytest.mark.parametrize('module,mesh_model', [('train_step', 1), ('train_step', 2),

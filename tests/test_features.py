@@ -1,6 +1,7 @@
 """Feature extraction from checkpoints that `main` wrote on a model=2 mesh."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import checkpointing
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import preprocessing
+from configs import sample
 from tests.conftest import REPO
+from tests.runs import assert_trees_equal
 from tests.runs import run_main
 
 
@@ -62,10 +66,29 @@ def test_cli_writes_features_labels_and_names(workdir, tmp_path):
   names = list(feats['file_name'])
   assert len(set(names)) == 200
   classes = list(feats['class_names'])
-  assert classes == sorted(os.listdir(os.path.join(input_pipeline.SAMPLE_DIR, 'validation')))
+  assert classes == sorted(os.listdir(os.path.join(sample.SAMPLE_DIR, 'validation')))
   assert all(classes[l] == n.split(os.sep)[-2] for l, n in zip(feats['label'], names))
 
 
 def test_unknown_layer_is_a_clear_error():
   with pytest.raises(ValueError, match='Unknown layer'):
     features.make_extract_fn(models.AlexNet(num_classes=10), ['fc9'], jnp.zeros(3))
+
+
+def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_read(uninterrupted,
+                                                                       tmp_path, caplog):
+  """The same fallback as training's, but a reader moves nothing (a run may be writing)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  state = os.path.join(checkpointing.checkpoint_dir(workdir), '6', 'state')
+  for d, _, files in os.walk(state):  # Every array data file cut in half.
+    for f in files:
+      if os.path.basename(d) == 'd':
+        os.truncate(os.path.join(d, f), os.path.getsize(os.path.join(d, f)) // 2)
+  with caplog.at_level('ERROR'):
+    _, params, _ = features.load(str(workdir))
+  assert 'Checkpoint' in caplog.text and '/6 is damaged' in caplog.text
+  assert 'using the previous one' in caplog.text
+  _, expected, _ = features.load(str(uninterrupted), step=4)
+  assert_trees_equal(jax.device_get(expected), jax.device_get(params))
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ['4', '6']

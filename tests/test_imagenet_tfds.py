@@ -17,6 +17,7 @@ import pytest
 from alexnet_jax import input_pipeline
 from alexnet_jax import prepare
 from configs import alexnet
+from configs import sample
 
 VAL_LABELS = {1: 65, 2: 970, 3: 230, 4: 809, 5: 516}
 TRAIN_LABELS = {'n01440764': 0, 'n02102040': 217, 'n03888257': 701}
@@ -33,14 +34,14 @@ def imagenet(tmp_path_factory):
   root = tmp_path_factory.mktemp('imagenet')
   manual = root / 'manual'
   manual.mkdir()
-  sample = os.path.join(input_pipeline.SAMPLE_DIR, 'train')
+  photos = os.path.join(sample.SAMPLE_DIR, 'train')
   images = {}
   with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as train:
     for wnid in TRAIN_LABELS:
       inner = io.BytesIO()
       with tarfile.open(fileobj=inner, mode='w') as t:
-        for i, f in enumerate(sorted(os.listdir(os.path.join(sample, wnid)))[:3]):
-          data = open(os.path.join(sample, wnid, f), 'rb').read()
+        for i, f in enumerate(sorted(os.listdir(os.path.join(photos, wnid)))[:3]):
+          data = open(os.path.join(photos, wnid, f), 'rb').read()
           images[f'{wnid}_{i}.JPEG'] = data
           _add(t, f'{wnid}_{i}.JPEG', data)
       _add(train, f'{wnid}.tar', inner.getvalue())

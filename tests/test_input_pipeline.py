@@ -34,12 +34,12 @@ def equal_batches(a, b):
 def test_sample_is_committed_and_small():
   data = data_config()
   assert input_pipeline.class_names(data) == sorted(os.listdir(
-      os.path.join(input_pipeline.SAMPLE_DIR, 'train')))
+      os.path.join(sample.SAMPLE_DIR, 'train')))
   assert len(input_pipeline.class_names(data)) == 10
   assert input_pipeline.num_examples(data, 'train') == 500
   assert input_pipeline.num_examples(data, 'validation') == 200
   size = sum(os.path.getsize(os.path.join(d, f))
-             for d, _, files in os.walk(input_pipeline.SAMPLE_DIR) for f in files)
+             for d, _, files in os.walk(sample.SAMPLE_DIR) for f in files)
   assert size < 5.6e6
 
 
@@ -75,9 +75,9 @@ def test_eval_counts_every_example_once(views):
   classes = input_pipeline.class_names(data)
   # Labels are the index of the image's class folder.
   assert [classes[l] for l in labels] == [n.split(os.sep)[-2] for n in names]
-  assert set(names) == {os.path.join(input_pipeline.SAMPLE_DIR, 'validation', c, f)
+  assert set(names) == {os.path.join(sample.SAMPLE_DIR, 'validation', c, f)
                         for c in classes for f in os.listdir(
-                            os.path.join(input_pipeline.SAMPLE_DIR, 'validation', c))}
+                            os.path.join(sample.SAMPLE_DIR, 'validation', c))}
 
 
 def test_eval_views_are_the_documented_views():
@@ -94,6 +94,46 @@ def test_eval_views_are_the_documented_views():
   single = next(input_pipeline.create_split(
       data, 'validation', global_batch_size=2, train=False, num_views=1, shard=(0, 1)))
   np.testing.assert_array_equal(single['image'][0], views[2])
+
+
+def test_warp_resize_mode_evaluates_and_trains_on_the_warped_image():
+  """resize_mode='warp' (Caffe): the whole image at 256 x 256, then the crops."""
+  data = data_config(resize_mode='warp')
+  warped = lambda name: preprocessing.warp_resize(
+      preprocessing.decode_rgb(tf.io.read_file(name.decode())), 256).numpy()
+  batch = next(input_pipeline.create_split(
+      data, 'validation', global_batch_size=2, train=False, image_size=227,
+      with_file_names=True, shard=(0, 1)))
+  np.testing.assert_array_equal(batch['image'][0], warped(batch['file_name'][0])[14:241, 14:241])
+  batch = next(input_pipeline.create_split(
+      data, 'train', global_batch_size=2, train=True, image_size=227, with_file_names=True,
+      shard=(0, 1)))
+  crop, image = batch['image'][0], warped(batch['file_name'][0])
+  assert any(np.array_equal(view[y:y + 227, x:x + 227], crop)
+             for view in (image, image[:, ::-1]) for y in range(30) for x in range(30))
+  with pytest.raises(ValueError, match="resize_mode='crop'"):
+    next(input_pipeline.create_split(data_config(resize_mode='crop'), 'validation',
+                                     global_batch_size=2, train=False, shard=(0, 1)))
+
+
+def test_labels_from_config_class_names_and_a_folder_with_only_its_split(tmp_path):
+  """A checkpoint's classes (config.data.class_names) name the labels; with none, a
+  root without a train split takes the evaluated split's folders."""
+  for split_class in ('b', 'd'):
+    (tmp_path / 'validation' / split_class).mkdir(parents=True)
+    tf.io.write_file(str(tmp_path / 'validation' / split_class / 'x.JPEG'),
+                     tf.io.encode_jpeg(np.full((40, 40, 3), 9, np.uint8)))
+  named = data_config(data_dir=str(tmp_path), class_names=('a', 'b', 'c', 'd'))
+  assert input_pipeline.class_names(named, 'validation') == ['a', 'b', 'c', 'd']
+  batch = next(input_pipeline.create_split(named, 'validation', global_batch_size=2,
+                                           train=False, image_size=32, shard=(0, 1)))
+  assert list(batch['label']) == [1, 3]
+  own = data_config(data_dir=str(tmp_path))
+  assert input_pipeline.class_names(own, 'validation') == ['b', 'd']
+  assert input_pipeline.num_examples(own, 'validation') == 2
+  with pytest.raises(ValueError, match=r"\['d'\] that config.data.class_names lacks"):
+    input_pipeline.num_examples(data_config(data_dir=str(tmp_path), class_names=('b',)),
+                                'validation')
 
 
 def test_processes_share_eval_exactly_once_with_equal_batch_counts():
@@ -160,7 +200,7 @@ def test_global_batch_does_not_depend_on_the_number_of_processes():
 
 def test_cache_gives_the_same_batches_without_reading_files(tmp_path):
   root = tmp_path / 'copy'
-  shutil.copytree(input_pipeline.SAMPLE_DIR, root)
+  shutil.copytree(sample.SAMPLE_DIR, root)
   a = next(input_pipeline.create_split(data_config(data_dir=str(root), cache=False), 'train',
                                        global_batch_size=8, train=True, shard=(0, 1)))
   cached = input_pipeline.create_split(data_config(data_dir=str(root), cache=True), 'train',
@@ -168,12 +208,6 @@ def test_cache_gives_the_same_batches_without_reading_files(tmp_path):
   shutil.rmtree(root / 'train' / 'n01440764')  # Cached: the bytes are already in memory.
   b = next(cached)
   assert equal_batches(a, b)
-
-
-def test_batch_must_divide_among_processes():
-  with pytest.raises(ValueError, match='divisible by the 3 processes'):
-    input_pipeline.create_split(data_config(), 'train', global_batch_size=8, train=True,
-                                shard=(0, 3))
 
 
 def test_missing_folder_says_how_to_prepare(tmp_path):
@@ -201,6 +235,13 @@ def test_mean_image_missing_and_present(tmp_path):
   np.testing.assert_array_equal(input_pipeline.mean(data, 224), mean_image[16:240, 16:240])
   np.testing.assert_allclose(input_pipeline.mean(data_config(), 224),
                              preprocessing.CHANNEL_MEAN)
+  # A mean-image file named in the config (what `convert --mean` writes), and channel means.
+  data = data_config(mean=str(root / input_pipeline.MEAN_IMAGE_FILE))
+  np.testing.assert_array_equal(input_pipeline.mean(data, 224), mean_image[16:240, 16:240])
+  with pytest.raises(ValueError, match="config.data.mean='nowhere.npy'"):
+    input_pipeline.mean(data_config(mean='nowhere.npy'), 224)
+  np.testing.assert_allclose(input_pipeline.mean(data_config(channel_mean=(1., 2., 3.)), 224),
+                             [1, 2, 3])
 
 
 # ------------------------------------------------------------------------ bad images --
@@ -265,7 +306,7 @@ def test_odd_formats_decode_and_bad_files_are_skipped_and_counted(bad_folder):
 
 
 def test_bad_image_error_names_the_file(bad_folder):
-  with pytest.raises(ValueError, match=r"Cannot decode image .*(truncated|empty|not_an_image)"
+  with pytest.raises(ValueError, match=r"Cannot use image .*(truncated|empty|not_an_image)"
                      r"\.JPEG.*on_bad_image='skip'"):
     _eval_names(bad_folder, 'error')
 
@@ -282,9 +323,48 @@ def test_training_skips_bad_images_and_keeps_full_batches(bad_folder):
   assert not names & BAD
   assert {os.path.basename(s) for s in batches.skipped} == BAD
   data.on_bad_image = 'error'
-  with pytest.raises(ValueError, match='Cannot decode image'):
+  with pytest.raises(ValueError, match='Cannot use image'):
     take(input_pipeline.create_split(data, 'train', global_batch_size=2, train=True,
                                      shard=(0, 1)), 10)
+
+
+@pytest.fixture(scope='module')
+def odd_names(tmp_path_factory):
+  """A folder whose files have names that are not UTF-8 (one good, one truncated) and a
+  symbolic link that points at itself."""
+  root = tmp_path_factory.mktemp('odd_names')
+  good = _jpeg(np.random.default_rng(1).integers(0, 255, (260, 300, 3), dtype=np.uint8))
+  for split in ('train', 'validation'):
+    folder = os.fsencode(root / split / 'n00000001')
+    os.makedirs(folder)
+    for name, data in ((b'good.JPEG', good), (b'caf\xe9.JPEG', good),
+                       (b'tronqu\xe9.JPEG', good[:len(good) // 10])):
+      with open(os.path.join(folder, name), 'wb') as f:
+        f.write(data)
+    os.symlink(b'loop.JPEG', os.path.join(folder, b'loop.JPEG'))
+  return root
+
+
+@pytest.mark.parametrize('cache', [False, True])
+def test_odd_file_names_are_read_and_bad_ones_named_and_skipped(odd_names, cache):
+  """Names that are not UTF-8 read like any other; a truncated one and a symlink loop are
+  named (\\xNN for the undecodable bytes) and skipped under 'skip', in both cache modes."""
+  data = data_config(data_dir=str(odd_names), cache=cache, on_bad_image='skip')
+  batches = input_pipeline.create_split(data, 'validation', global_batch_size=2,
+                                        train=False, with_file_names=True, shard=(0, 1))
+  names = [os.path.basename(n) for b in batches for n in b['file_name'][b['mask']]]
+  assert sorted(names) == [b'caf\xe9.JPEG', b'good.JPEG']
+  skipped = sorted(os.path.basename(n) for n in batches.skipped)
+  assert skipped == ['loop.JPEG', 'tronqu\\xe9.JPEG']
+  data.on_bad_image = 'error'
+  with pytest.raises(ValueError) as error:
+    list(input_pipeline.create_split(data, 'validation', global_batch_size=2, train=False,
+                                     shard=(0, 1)))
+  message = str(error.value)
+  assert 'loop.JPEG' in message or 'tronqu\\xe9.JPEG' in message
+  assert 'TFDS' not in message and "on_bad_image='skip'" in message
+  if 'loop.JPEG' in message:
+    assert 'Too many levels of symbolic links' in message
 
 
 def test_benchmark_fast_mode_writes_json(tmp_path):

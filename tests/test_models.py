@@ -14,11 +14,12 @@ import pytest
 import tensorflow as tf
 import torch
 
+from alexnet_jax import checks
 from alexnet_jax import models
 from configs import alexnet
 from tests import torch_alexnet
 
-# Per-channel mean of the 0-255 RGB training images (cuda-convnet2; recipe.md, Data).
+# Per-channel mean of the 0-255 RGB training images (cuda-convnet2; docs/reference.md, Data).
 MEAN_RGB = np.array([127.3, 119.7, 104.9], np.float32)
 # The original code's LRN: k = 2, n = 5, alpha' = alpha / n = 2e-5, beta = 0.75.
 K, SIZE, ALPHA, BETA = 2.0, 5, 1e-4, 0.75
@@ -27,7 +28,7 @@ K, SIZE, ALPHA, BETA = 2.0, 5, 1e-4, 0.75
 PAPER_SHAPES = {'conv1': (55, 55, 96), 'conv2': (27, 27, 256), 'conv3': (13, 13, 384),
                 'conv4': (13, 13, 384), 'conv5': (13, 13, 256), 'pool5': (6, 6, 256),
                 'fc6': (4096,), 'fc7': (4096,), 'logits': (1000,)}
-# recipe.md's parameter table (weights + biases) for the two-column net.
+# The parameter counts (weights + biases) of the two-column net (README, "The network").
 PAPER_COUNTS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120, 'conv4': 663_936,
                 'conv5': 442_624, 'fc6': 37_752_832, 'fc7': 16_781_312, 'fc8': 4_097_000}
 
@@ -391,8 +392,10 @@ def test_unknown_preset():
     ({'group_impl': 'loop'}, r"model\.group_impl='loop'.*'split'"),
 ])
 def test_bad_model_values(kwargs, message):
+  config = alexnet.get_config()
+  config.model.update(kwargs)
   with pytest.raises(ValueError, match=message):
-    abstract_init(models.AlexNet(**kwargs))
+    checks.validate(config)
 
 
 # --- Parity with PyTorch -------------------------------------------------------------
@@ -404,6 +407,7 @@ PARITY_CASES = {
     'one_column_no_lrn': {'columns': 1, 'lrn': False},
     'original_code': {'lrn1_before_relu': True, 'spatial_norm': True},
     'valid_227_pool_2': {'conv1_padding': 'valid', 'pool_window': 2},
+    'caffe': {'conv1_padding': 'valid', 'lrn_k': 1.0, 'lrn_across_columns': True},
 }
 
 
@@ -434,6 +438,8 @@ def test_parity_cases_exercise_the_switches():
   assert rel_err(torch_logits({'lrn': False}, params, x), base) > 0.05
   quirks = {'lrn1_before_relu': True, 'spatial_norm': True}
   assert rel_err(torch_logits(quirks, params, x), base) > 0.05
+  across = {'lrn_k': 1.0, 'lrn_across_columns': True}
+  assert rel_err(torch_logits(across, params, x), torch_logits({'lrn_k': 1.0}, params, x)) > 1e-3
   assert rel_err(torch_logits({'spatial_norm': True}, params, x), base) > 0.05
 
 

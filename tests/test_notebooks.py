@@ -16,7 +16,10 @@ import nbformat
 import pytest
 
 from alexnet_jax import checkpointing
+from configs import ablation
+from configs import sample
 from experiments import ablations
+from experiments import reproduction
 from tests.conftest import REPO
 
 
@@ -49,30 +52,46 @@ def images(nb):
           if 'image/png' in o.get('data', {})]
 
 
+TINY_ABLATION = {'data.data_dir': sample.SAMPLE_DIR, 'data.image_size': 67,
+                 'data.resize_size': 76, 'batch_size': 8, 'eval_batch_size': 40,
+                 'num_train_steps': 4, 'eval_every_steps': 2, 'checkpoint_every_steps': 4,
+                 'log_every_steps': 2, 'data.eval_views': 1}
+
+
 def test_ablation_notebook(tmp_path):
   nb = execute('ablations.ipynb', '\n'.join([
-      "DATA = ''", 'STEPS = 4', 'SEEDS = [0]', 'IMAGE_SIZE = 67', 'RESIZE_SIZE = 76',
-      'BATCH = 8', 'EVAL_VIEWS = 1', 'EVAL_EVERY = 2', 'INCLUDE_ONE_COLUMN = False',
-      f'WORKDIR = {str(tmp_path)!r}']))
+      'TRAIN = True', "CONFIG = 'configs/ablation.py'", f'OVERRIDES = {TINY_ABLATION!r}',
+      'SEEDS = [0]', f'WORKDIR = {str(tmp_path)!r}']))
   table = printed(nb, 'RESULT_TABLE_JSON=')
-  assert [r['variant'] for r in table] == list(ablations.VARIANTS)
+  assert [r['variant'] for r in table] == list(ablation.VARIANTS)
   for row in table:
     for k in ('top1_error', 'top5_error'):
       assert math.isfinite(row[k]) and 0 <= row[k] <= 1, row
     assert row['top5_error'] <= row['top1_error']
-  # Every variant trained through train_and_evaluate in its own workdir, with the config
-  # the variant names, and the table holds that run's final evaluation.
-  for name, overrides in ablations.VARIANTS.items():
+  # Every variant trained through train_and_evaluate in its own workdir with the config
+  # its presets name, and the table holds that run's final evaluation.
+  for name, presets in ablation.VARIANTS.items():
     run_dir = tmp_path / f'{ablations.slug(name)}_seed0'
     saved = checkpointing.saved_config(str(run_dir))
-    assert saved.model.lrn == overrides.get('model.lrn', True)
-    assert saved.model.pool_window == overrides.get('model.pool_window', 3)
+    assert saved.model.lrn == ('no_lrn' not in presets)
+    assert saved.model.pool_window == (2 if 'non_overlapping_pool' in presets else 3)
+    assert saved.model.init_bias == 0.1  # The recipe's.
     assert saved.data.image_size == 67 and saved.num_train_steps == 4
-    _, evals = ablations.read_metrics(run_dir)
+    _, evals = reproduction.read_metrics(run_dir)
     assert [e['step'] for e in evals] == [2, 4]
     row = next(r for r in table if r['variant'] == name)
     assert row['top1_error'] == pytest.approx(evals[-1]['eval_top1_error'])
   assert len(images(nb)) >= 1  # The learning curves.
+
+
+def test_one_ablation_run_is_one_command_of_main():
+  """`--config=configs/ablation.py:no_lrn,non_overlapping_pool` is what the module runs."""
+  config = ablations.variant_config('configs/ablation.py', 'no_lrn,non_overlapping_pool', 2,
+                                    {'data.data_dir': '/x'})
+  expected = ablation.get_config('no_lrn,non_overlapping_pool')
+  expected.seed, expected.data.data_dir = 2, '/x'
+  assert config.to_dict() == expected.to_dict()
+  assert (config.model.lrn, config.model.pool_window) == (False, 2)
 
 
 def test_features_notebook(tmp_path):
@@ -95,10 +114,10 @@ def test_features_notebook(tmp_path):
 
 
 def test_summary_and_effects_by_hand():
-  """Means, sample standard deviations and paired effects, against hand computations."""
+  """Means, standard errors, paired effects and their t intervals, by hand."""
   errors = {  # variant: [(seed, top-1, top-5)]
-      'LRN, overlapping pool': [(0, 0.40, 0.10), (1, 0.44, 0.14)],
-      'no LRN, overlapping pool': [(0, 0.43, 0.12), (1, 0.45, 0.13)],
+      'LRN, overlapping pool': [(0, 0.40, 0.10), (1, 0.44, 0.14), (2, 0.42, 0.12)],
+      'no LRN, overlapping pool': [(0, 0.43, 0.12), (1, 0.45, 0.13), (2, 0.47, 0.12)],
       'LRN, non-overlapping pool': [(0, 0.41, 0.10), (1, 0.41, 0.16)],
       'no LRN, non-overlapping pool': [(1, 0.50, 0.20)],
   }
@@ -107,41 +126,50 @@ def test_summary_and_effects_by_hand():
   rows = {r['variant']: r for r in ablations.summarize(results)}
   base = rows['LRN, overlapping pool']
   assert base['top1_error'] == pytest.approx(0.42)
-  assert base['top1_std'] == pytest.approx(math.sqrt(2 * 0.02 ** 2 / 1))  # ddof=1.
-  assert (base['top1_min'], base['top1_max']) == (0.40, 0.44)
-  assert rows['no LRN, non-overlapping pool']['top1_std'] == 0  # One seed.
+  assert base['top1_se'] == pytest.approx(0.02 / math.sqrt(3))  # sd 0.02 (ddof=1).
+  assert rows['no LRN, non-overlapping pool']['top1_se'] == 0  # One seed.
   effects = {e['feature']: e for e in ablations.effects(results)}
-  # LRN: seed 0: 40-43 = -3, seed 1: 44-45 = -1 points; mean -2, std sqrt(2).
-  assert effects['LRN']['top1'] == pytest.approx(-2.0)
-  assert effects['LRN']['top1_std'] == pytest.approx(math.sqrt(2))
-  # top-5: 10-12 = -2, 14-13 = +1: mean -0.5, std sqrt(1.5^2 + 1.5^2).
-  assert effects['LRN']['top5'] == pytest.approx(-0.5)
-  assert effects['LRN']['top5_std'] == pytest.approx(math.sqrt(4.5))
-  # Overlapping pooling: 40-41 = -1, 44-41 = +3 (top-1); 0 and -2 (top-5).
-  assert effects['overlapping pooling']['top1'] == pytest.approx(1.0)
-  assert effects['overlapping pooling']['top5'] == pytest.approx(-1.0)
-  assert effects['overlapping pooling']['seeds'] == [0, 1]
-  assert (effects['LRN']['paper_top1'], effects['LRN']['paper_top5']) == (-1.4, -1.2)
-  assert (effects['overlapping pooling']['paper_top1'],
-          effects['overlapping pooling']['paper_top5']) == (-0.4, -0.3)
+  # LRN, top-1: -3, -1, -5 points: mean -3, sd 2, se 2/sqrt(3); t(0.975, 2) = 4.303.
+  lrn = effects['LRN']
+  assert lrn['top1'] == pytest.approx(-3.0)
+  assert lrn['top1_se'] == pytest.approx(2 / math.sqrt(3))
+  half = 4.303 * 2 / math.sqrt(3)
+  assert lrn['top1_ci'] == pytest.approx((-3 - half, -3 + half))
+  assert lrn['top1_verdict'].startswith('not resolved')  # -3 + 4.97 > 0.
+  # top-5: -2, +1, 0: mean -1/3.
+  assert lrn['top5'] == pytest.approx(-1 / 3)
+  # Overlapping pooling, seeds 0 and 1 only: -1, +3 points.
+  pool = effects['overlapping pooling']
+  assert pool['seeds'] == [0, 1] and pool['top1'] == pytest.approx(1.0)
+  assert (lrn['paper_top1'], lrn['paper_top5']) == (-1.4, -1.2)
+  assert (pool['paper_top1'], pool['paper_top5']) == (-0.4, -0.3)
+  assert ablations.verdict(-3.0, -1.0, -1.4).startswith('reproduced')
+  assert 'outside' in ablations.verdict(-3.0, -2.0, -1.4)
+  assert ablations.verdict(0.5, 2.0, -1.4).startswith('reversed')
   table = ablations.format_table(ablations.summarize(results), ablations.effects(results))
-  assert '| LRN, overlapping pool | 2 | 42.0 ± 2.8 | 12.0 ± 2.8 |' in table
-  assert '| no LRN, non-overlapping pool | 1 | 50.0 | 20.0 |' in table
-  assert '| LRN | -2.0 ± 1.4 | -0.5 ± 2.1 | -1.4 | -1.2 |' in table
+  assert '| LRN, overlapping pool | 3 | 42.0 ± 1.2 | 12.0 ± 1.2 |' in table
+  assert '| no LRN, non-overlapping pool | 1 | 50.0 ± 0.0 | 20.0 ± 0.0 |' in table
 
 
-def test_report_records_device_budget_and_commit():
-  config = ablations.make_config({}, seed=0, steps=7, base=ablations.base_config(
-      '', batch_size=8, image_size=67, resize_size=76, eval_views=1))
-  results = {name: [{'seed': 0, 'top1_error': 0.5, 'top5_error': 0.1, 'seconds': 2.0,
-                     'workdir': '/x', 'curves': {}}] for name in ablations.VARIANTS}
-  out = json.loads(json.dumps(ablations.report(results, config, 7, [0], note='n')))
-  assert out['device']['platform'] == 'cpu' and out['device']['device_kind']
+def test_t_quantiles_are_students():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  for df, t in ablations.T_975.items():
+    assert t == pytest.approx(stats.t.ppf(0.975, df), abs=5e-4)
+
+
+def test_record_holds_device_budget_commit_and_curves(tmp_path):
+  """reproduction.record of a short run: per-epoch curves from metrics.jsonl."""
+  from tests import runs  # pylint: disable=g-import-not-at-top
+  runs.run_main(tmp_path, '--config.eval_every_steps=2', steps=4)
+  rec = json.loads(json.dumps(reproduction.record(str(tmp_path), name='tiny')))
+  assert rec['device']['platform'] == 'cpu' and rec['seed'] == 0
   head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
                         text=True).stdout.strip()
-  assert out['commit'].split('+')[0] == head
-  assert out['budget'] == {**out['budget'], 'steps': 7, 'seeds': [0], 'batch_size': 8,
-                           'image_size': 67, 'resize_size': 76, 'eval_views': 1,
-                           'learning_rate': 0.0025, 'init_scheme': 'he', 'seconds': 8.0}
-  assert [r['variant'] for r in out['table']] == list(ablations.VARIANTS)
-  assert 'workdir' not in out['runs']['LRN, overlapping pool'][0]
+  assert rec['commit'].split('+')[0] == head
+  assert rec['budget']['steps'] == 4 and rec['budget']['steps_per_epoch'] == 2
+  c = rec['curves']
+  assert c['epoch'] == [1, 2]
+  train, evals = reproduction.read_metrics(str(tmp_path))
+  assert c['train_loss'] == [train[0]['loss'], train[1]['loss']]  # Logged at 2 and 4.
+  assert c['eval_top1_error'] == [e['eval_top1_error'] for e in evals]
+  assert rec['final'] == evals[-1]

@@ -1,12 +1,13 @@
 """Per-image preprocessing against PIL, NumPy slicing and NumPy statistics.
 
-Real photographs come from the Imagenette tar in ../shared/data (224 x 224 JPEGs); other
-sizes and formats are made from them with PIL. Images whose pixels encode their own
+Real photographs come from the embedded sample, data/sample (ImageNet photographs of
+Imagenette's classes, 224 on the shorter side, JPEG); other sizes and formats are made from
+them with PIL. Images whose pixels encode their own
 coordinates (channel 0 = row, channel 1 = column) make crops exactly checkable.
 """
 
 import io
-import tarfile
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,26 +17,18 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import preprocessing as pp
+from configs import sample
 
 PER_CLASS = 10  # Imagenette images extracted per class: 100 in all.
 
 
 @pytest.fixture(scope='module')
-def imagenette_paths(shared_data, tmp_path_factory):
-  """Paths of 100 Imagenette JPEGs, the first ten of each class, in a temporary folder."""
-  root = tmp_path_factory.mktemp('imagenette')
-  taken = {}
-  with tarfile.open(shared_data / 'imagenette224-train.tar') as tar:
-    for member in sorted((m for m in tar.getmembers() if m.isfile()),
-                         key=lambda m: m.name):
-      wnid = member.name.split('/')[-2]
-      if len(taken.setdefault(wnid, [])) < PER_CLASS:
-        path = root / wnid / member.name.split('/')[-1]
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(tar.extractfile(member).read())
-        taken[wnid].append(path)
-  assert len(taken) == 10
-  return [p for paths in taken.values() for p in paths]
+def imagenette_paths():
+  """Paths of 100 real photographs of the embedded sample: the first ten of each class."""
+  root = pathlib.Path(sample.SAMPLE_DIR) / 'train'
+  paths = [p for wnid in sorted(root.iterdir()) for p in sorted(wnid.iterdir())[:PER_CLASS]]
+  assert len(paths) == 10 * PER_CLASS
+  return paths
 
 
 @pytest.fixture(scope='module')
@@ -107,6 +100,18 @@ def test_decode_rgb_jpeg_matches_pil(photos, imagenette_paths):
     # TF's default DCT (fast integer) and PIL's (accurate) differ by about 1 on average.
     assert mean_abs_diff(image, ref) < 1.5
     assert np.abs(image.astype(int) - ref).max() <= 8
+
+
+def test_decode_rgb_ignores_exif_orientation(photos):
+  """EXIF orientation is not applied: pixels come out as stored, as TFDS, PIL's
+  Image.open and the original code read ImageNet (a 90-degree tag would change the shape)."""
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "Rotate 90 degrees clockwise to display".
+  data = encode(np.ascontiguousarray(photos[0][:, :200]), exif=exif.tobytes())
+  assert Image.open(io.BytesIO(data)).getexif()[0x0112] == 6
+  out = pp.decode_rgb(data).numpy()
+  assert out.shape == (224, 200, 3)
+  assert mean_abs_diff(out, pil_rgb(data)) < 1.5  # The two decoders' usual difference.
 
 
 @pytest.mark.parametrize('mode', ['L', 'CMYK'])
@@ -226,6 +231,24 @@ def test_resize_shorter_and_center_crop_without_antialias():
   smooth = pp.resize_shorter_and_center_crop(tf.constant(image), 16).numpy()
   assert mean_abs_diff(smooth, pil_resize_and_center_crop(image, 16)) < 0.3
   assert mean_abs_diff(smooth, out) > 5  # Antialiasing averages the noise away.
+
+
+# warp_resize (Caffe's stored format)
+
+
+@pytest.mark.parametrize('shape', [(75, 100), (100, 75), (20, 30)])
+def test_warp_resize_is_plain_bilinear_to_a_square(shape):
+  """Caffe's convert_imageset: cv::resize to size x size, INTER_LINEAR (no antialias)."""
+  image = np.random.default_rng(5).integers(0, 256, shape + (3,), dtype=np.uint8)
+  out = pp.warp_resize(tf.constant(image), 48).numpy()
+  assert out.dtype == np.uint8 and out.shape == (48, 48, 3)
+  ref = np.round(bilinear(image, 48, 48))
+  assert np.abs(out.astype(int) - ref).max() <= 1 and mean_abs_diff(out, ref) < 0.05
+
+
+def test_warp_resize_passes_stored_size_through():
+  image = np.random.default_rng(6).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(pp.warp_resize(tf.constant(image), 48).numpy(), image)
 
 
 # random_crop_and_flip
@@ -483,6 +506,21 @@ def test_normalize_matches_numpy(views, mean_kind):
   half = pp.normalize(images, lighting, mean, dtype=jnp.bfloat16)
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(half, np.float32), ref, rtol=1e-2, atol=0.5)
+
+
+def test_normalize_bgr_reverses_the_channels_last():
+  """Mean, std and lighting stay RGB; the network's input is reversed (Caffe's BGR)."""
+  rng = np.random.default_rng(7)
+  images = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+  lighting = rng.normal(0, 12, (2, 3)).astype(np.float32)
+  mean, std = np.array([122.7, 116.7, 104.0], np.float32), (58., 57., 57.5)
+  rgb = np.asarray(pp.normalize(images, lighting, mean, std=std))
+  bgr = np.asarray(pp.normalize(images, lighting, mean, std=std, channel_order='bgr'))
+  np.testing.assert_array_equal(bgr, rgb[..., ::-1])
+  np.testing.assert_allclose(bgr[0, 0, 0, 0], (images[0, 0, 0, 2] + lighting[0, 2] - 104.0)
+                             / 57.5, rtol=1e-5)
+  with pytest.raises(ValueError, match="channel_order='brg'"):
+    pp.normalize(images, channel_order='brg')
 
 
 def test_normalize_default_mean_is_the_channel_mean():

@@ -188,8 +188,9 @@ def test_stored_size_must_match_resize_size(pngs):
 
 @pytest.fixture
 def damaged(pngs, tmp_path):
-  """A copy of the records with record 3 corrupted (one byte) and the second shard cut
-  short in its record 27 (7 of the shard), so records 27-32 are unreadable."""
+  """A copy of the records with record 3 (cat/2.png: files sort as 0, 1, 10, 2, ...)
+  corrupted in one byte, and the second shard cut short in its record 27 (7 of the
+  shard), so records 27-32 are unreadable."""
   out = tmp_path / 'damaged'
   shutil.copytree(pngs[1], out)
   split = records.open_split(str(out), 'train')
@@ -222,8 +223,10 @@ def test_bad_records_are_skipped_and_batches_stay_full(damaged):
 def test_bad_record_stops_training_naming_it(damaged):
   out, _ = damaged
   data = data_config(dataset='records', data_dir=str(out), on_bad_image='error')
-  with pytest.raises(ValueError, match=r'Cannot decode image (cat/3\.png: record 3 of '
-                     r'.*images-00000-of-00002\.npy is corrupt: checksum|.*truncated)'):
+  with pytest.raises(ValueError, match=r'Cannot use image (cat/2\.png: record 3 of '
+                     r'.*images-00000-of-00002\.npy is corrupt: checksum|eel/\d+\.png: '
+                     r'record \d of .*images-00001-of-00002\.npy cannot be read: the file '
+                     r'ends \d+ bytes into it \(truncated\))'):
     take(input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
                                      shard=(0, 1)), 6)
 
@@ -250,3 +253,37 @@ def test_main_trains_on_records(tmp_path):
   assert [l['step'] for l in lines if 'loss' in l] == [2]
   assert [l['step'] for l in lines if 'eval_top1_error' in l] == [2]
   assert all(np.isfinite(l['loss']) for l in lines if 'loss' in l)
+
+
+def test_labels_follow_config_class_names(pngs):
+  """With config.data.class_names (a checkpoint's classes), labels index those, as for
+  folders."""
+  root, out = pngs
+  kw = dict(global_batch_size=4, train=False, with_file_names=True, shard=(0, 1))
+  names = ['eel', 'bat', 'cat', 'dog']
+  folder = list(input_pipeline.create_split(
+      data_config(data_dir=str(root), class_names=names), 'validation', **kw))
+  recs = list(input_pipeline.create_split(
+      data_config(dataset='records', data_dir=str(out), class_names=names), 'validation',
+      **kw))
+  labels = lambda batches, name: {name(n): int(l) for b in batches
+                                  for n, l in zip(b['file_name'][b['mask']],
+                                                  b['label'][b['mask']])}
+  got = labels(recs, bytes.decode)
+  assert got == labels(folder, lambda n: '/'.join(n.decode().split(os.sep)[-2:]))
+  assert {got['cat/0.png'], got['dog/0.png'], got['eel/0.png']} == {2, 3, 0}
+
+
+def test_resize_mode_is_kept_and_checked(pngs, tmp_path):
+  root, _ = pngs
+  prepare.write_records('folder', str(root), str(tmp_path), ['validation'], size=64,
+                        resize_mode='warp')
+  assert records.open_split(str(tmp_path), 'validation').resize_mode == 'warp'
+  data = data_config(dataset='records', data_dir=str(tmp_path), resize_size=64)
+  with pytest.raises(ValueError, match="resize_mode='warp'"):
+    input_pipeline.create_split(data, 'validation', global_batch_size=4, train=False,
+                                image_size=56, shard=(0, 1))
+  data.resize_mode = 'warp'
+  batch = next(input_pipeline.create_split(data, 'validation', global_batch_size=4,
+                                           train=False, image_size=56, shard=(0, 1)))
+  assert batch['image'].shape == (4, 56, 56, 3)

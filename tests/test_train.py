@@ -76,6 +76,21 @@ def test_mesh_equals_one_device(one_device, data, model_size):
   assert result['step'] == 2
 
 
+def test_caffes_lrn_across_columns_on_model2_equals_one_device():
+  """The LRN window crosses the two devices' columns (gathered): the same step."""
+  config = small_config(lrn_k=1.0, lrn_across_columns=True)
+  config.data.channel_order = 'bgr'
+  one = run(config, 1, 1, random_batches(2))
+  split = run(config, 1, 2, random_batches(2))
+  np.testing.assert_allclose(split['loss'], one['loss'], rtol=1e-5)
+  assert_trees_close(one['trace'], split['trace'], 1e-5)
+  assert_trees_close(one['params'], split['params'], 1e-5)
+  # And the window does cross: a per-column LRN gives other gradients.
+  config.model.lrn_across_columns = False
+  within = run(config, 1, 1, random_batches(2))
+  assert np.abs(within['trace']['conv1']['kernel'] - one['trace']['conv1']['kernel']).max() > 0
+
+
 def test_training_reduces_loss_on_a_fixed_batch():
   config = small_config(dropout_rate=0.0)
   config.learning_rate = 0.001
@@ -102,7 +117,7 @@ def test_nonfinite_step_is_skipped_and_reported():
 
 
 @pytest.mark.parametrize('mesh_config,devices,message', [
-    ({'data': -1, 'model': 3}, 4, r'use 2 \(a column per device'),
+    ({'data': -1, 'model': 3}, 4, r'must be 2 \(a column per device'),
     ({'data': -1, 'model': 2}, 3, 'does not divide the 3 device'),
     ({'data': 3, 'model': 1}, 4, 'must equal the number of devices'),
 ])
@@ -111,10 +126,33 @@ def test_bad_mesh_is_a_clear_error(mesh_config, devices, message):
     train.create_mesh(ml_collections.ConfigDict(mesh_config), jax.devices()[:devices])
 
 
-def test_batch_not_divisible_by_data_axis_is_a_clear_error():
-  config = small_config()
-  config.batch_size = 6
-  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 4, 'model': 1}),
-                           jax.devices()[:4])
-  with pytest.raises(ValueError, match='multiple of the data axis size 4'):
-    train.validate_config(config, mesh)
+@pytest.mark.parametrize('devices,columns,shape', [(1, 2, (1, 1)), (4, 2, (2, 2)),
+                                                   (3, 2, (3, 1)), (4, 1, (4, 1))])
+def test_mesh_model_0_chooses_the_paper_split_where_the_devices_allow(devices, columns, shape,
+                                                                     caplog):
+  """The configs' default: a column per device on an even device count, else none; the
+  log says which and why."""
+  mesh_config = ml_collections.ConfigDict({'data': -1, 'model': 0})
+  with caplog.at_level('INFO'):
+    mesh = train.create_mesh(mesh_config, jax.devices()[:devices], columns)
+  assert (mesh.shape['data'], mesh.shape['model']) == shape
+  logged = caplog.text
+  assert f'Mesh data={shape[0]} x model={shape[1]} over {devices} cpu device(s)' in logged
+  assert ('as the paper split its net over two GPUs' in logged) == (shape[1] == 2)
+
+
+def test_top5_is_top_k_of_the_classes_there_are():
+  """With 4 classes every label is in the top 5 (top-4): top-5 error 0."""
+  config = small_config(num_classes=4)
+  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
+                           jax.devices()[:1])
+  model = models.AlexNet(**config.model)
+  params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
+                      train=False)['params']
+  step = train.make_eval_step(model, mesh, params, jnp.asarray(preprocessing.CHANNEL_MEAN))
+  batch = random_batches(1)[0]
+  batch = {'image': batch['image'], 'label': batch['label'] % 4,
+           'mask': np.ones(8, bool)}
+  sums = jax.device_get(step(params, train.global_batch(mesh, batch)))
+  assert sums['count'] == 8 and sums['top5_correct'] == 8
+  assert sums['top1_correct'] < 8

@@ -1,8 +1,9 @@
 """An independent PyTorch AlexNet: the oracle for alexnet_jax.models and the PyTorch peer.
 
-Written from the paper and ../shared/reference/recipe.md, not from models.py: NCHW,
+Written from the paper and docs/reference.md, not from models.py: NCHW,
 ``nn.Conv2d(groups=2)`` for the column-local layers (conv2, conv4, conv5),
-``nn.LocalResponseNorm`` applied to each column's channels separately, conv1's (0, 3)
+``nn.LocalResponseNorm`` applied to each column's channels separately (or to all of
+them, ``lrn_across_columns``, as Caffe's bvlc_alexnet), conv1's (0, 3)
 padding by ``F.pad``. ``flax_to_torch`` is the one place that converts our Flax
 parameters (HWIO kernels, Dense [in, out], fc6 rows in NHWC (h, w, c) flatten order)
 into this module's state_dict (OIHW, Linear [out, in], fc6 columns in (c, h, w) order).
@@ -21,7 +22,7 @@ from torch import nn
 # model_axis, data_axis) are about how JAX runs the network, not what it computes.
 FIELDS = ('num_classes', 'columns', 'lrn', 'lrn_size', 'lrn_k', 'lrn_alpha', 'lrn_beta',
           'pool_window', 'pool_stride', 'dropout_rate', 'init_scheme', 'lrn1_before_relu',
-          'spatial_norm', 'conv1_padding')
+          'spatial_norm', 'conv1_padding', 'lrn_across_columns')
 
 CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 DENSES = ('fc6', 'fc7', 'fc8')
@@ -65,7 +66,7 @@ class AlexNet(nn.Module):
   def __init__(self, num_classes=1000, columns=2, lrn=True, lrn_size=5, lrn_k=2.0,
                lrn_alpha=1e-4, lrn_beta=0.75, pool_window=3, pool_stride=2,
                dropout_rate=0.5, init_scheme='paper', lrn1_before_relu=False,
-               spatial_norm=False, conv1_padding='paper'):
+               spatial_norm=False, conv1_padding='paper', lrn_across_columns=False):
     super().__init__()
     if columns not in (1, 2):
       raise ValueError(f'columns={columns}: the network has 1 or 2 columns.')
@@ -84,8 +85,8 @@ class AlexNet(nn.Module):
     self.fc6 = nn.Linear(256 * 6 * 6, 4096)
     self.fc7 = nn.Linear(4096, 4096)
     self.fc8 = nn.Linear(4096, num_classes)
-    self.lrn = (ColumnLRN(columns, lrn_size, lrn_alpha, lrn_beta, lrn_k) if lrn
-                else nn.Identity())
+    self.lrn = (ColumnLRN(1 if lrn_across_columns else columns, lrn_size, lrn_alpha,
+                          lrn_beta, lrn_k) if lrn else nn.Identity())
     self.pool = nn.MaxPool2d(pool_window, pool_stride)
     self.dropout = nn.Dropout(dropout_rate)
     self.reset_parameters(init_scheme)
