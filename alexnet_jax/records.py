@@ -240,7 +240,8 @@ def read_windows(split, ids, corners, mirror, size, into):
   left-right where mirror[k], into into[k] (uint8 [len(ids), size, size, 3]).
 
   Each record is read into one reused buffer and the window copied out of it (a mirrored
-  window channel by channel: NumPy copies 3-byte pixels in reverse order 3x slower).
+  window channel by channel: NumPy copies 3-byte pixels in reverse order 4x slower;
+  benchmarks/NOTES.md, item 16.7).
   Returns {k: why} for bad records, as `read`.
   """
   scratch = np.empty((split.size, split.size, 3), np.uint8)

@@ -2,8 +2,8 @@
 
 `tf.random.stateless_*` take one seed [2] per call, so drawing each example's crop, flip
 and lighting from its own seed costs a tf.data pipeline about 30 small ops per example
-(50-90 us on the development CPU, benchmarks/NOTES.md item 16.3). These functions compute
-the same numbers for a whole batch of seeds with a few dozen NumPy operations:
+(90-120 us an example on the development CPU, benchmarks/NOTES.md item 16.2). These compute
+the same numbers for a whole batch of seeds at once, in a few hundred NumPy operations:
 
   fold_in(seed, data)      tf.random.experimental.stateless_fold_in
   split(seeds, num)        tf.random.experimental.stateless_split
