@@ -43,9 +43,11 @@ def _rules(config):
        f'must be one of {CONV1_PADDINGS}'),
       ('model.group_impl', m.group_impl in GROUP_IMPLS, f'must be one of {GROUP_IMPLS}'),
       ('model.dtype', m.dtype in DTYPES, f'must be one of {DTYPES}'),
-      ('data.dataset', bool(d.dataset), "must name a TFDS dataset or be 'folder'"),
-      ('data.data_dir', d.dataset != 'folder' or bool(d.data_dir),
-       "must name the folder's root (root/<split>/<class>/<image>) when dataset='folder'"),
+      ('data.dataset', bool(d.dataset), "must name a TFDS dataset or be 'folder' or "
+       "'records'"),
+      ('data.data_dir', d.dataset not in ('folder', 'records') or bool(d.data_dir),
+       "must name the folder's root (root/<split>/<class>/<image>), or the records' "
+       "(prepare records), when dataset='folder' or 'records'"),
       ('data.resize_size', d.resize_size >= 1, 'must be >= 1 (the paper: 256)'),
       ('data.image_size', 0 < d.image_size <= d.resize_size,
        'must be positive and at most data.resize_size'),

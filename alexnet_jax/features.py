@@ -24,6 +24,7 @@ from alexnet_jax import console
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import preprocessing
+from alexnet_jax import records
 
 
 def load(workdir, step=None, device=None):
@@ -81,10 +82,15 @@ def extract(extract_fn, params, batches, progress=True):
 
 
 def data_config(config, data=''):
-  """The run's config.data, or the same with another folder root or TFDS dataset."""
+  """The run's config.data, or the same with another folder root, records root (`prepare
+  records`) or TFDS dataset."""
   data_config = config.data.copy_and_resolve_references()
   if data:
-    data_config.dataset = 'folder' if os.path.isdir(data) else data
+    if os.path.isdir(data):
+      is_records = os.path.exists(os.path.join(data, records.CLASSES_FILE))
+      data_config.dataset = 'records' if is_records else 'folder'
+    else:
+      data_config.dataset = data
     data_config.data_dir = data if os.path.isdir(data) else ''
   return data_config
 
@@ -125,7 +131,8 @@ def define_flags():
   """Command-line flags, defined only when this module is the program."""
   flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
   flags.DEFINE_list('layer', ['fc7'], f'Layer(s) to extract, from {models.LAYERS}.')
-  flags.DEFINE_string('data', '', "Image folder root or TFDS name; default: the run's data.")
+  flags.DEFINE_string('data', '', "Image folder root, records root or TFDS name; default: the "
+                      "run's data.")
   flags.DEFINE_string('split', 'validation', 'Split (sub-folder) to extract.')
   flags.DEFINE_string('out', None, 'Output .npz file.')
   flags.DEFINE_integer('batch_size', 64, 'Images per batch.')

@@ -8,6 +8,9 @@ Sources (`config.data.dataset`):
                folders of the train split, else those of the split read.
   a TFDS name  e.g. 'imagenet2012', prepared from the official tars by
                `python -m alexnet_jax.prepare imagenet2012` (README, "ImageNet").
+  'records'    decoded 256 x 256 images in NumPy shards (records.py) under data_dir,
+               written from a folder or TFDS by `python -m alexnet_jax.prepare records`:
+               the fast way to train (no JPEG decoding; benchmarks/NOTES.md, item 16).
 
 Batches are dicts of NumPy arrays. Training: {'image': uint8 [b, s, s, 3] (random crop and
 flip of the 256 x 256 image), 'lighting': float32 [b, 3] (PCA lighting offsets, added on
@@ -20,17 +23,21 @@ Order and augmentation are functions of the seed and the example's position only
 folders, epoch e visits the examples in the permutation stateless_shuffle(seed, e) and
 global batch k is positions [kB, (k+1)B) of it, each process reading its own rows of that
 batch: the global batches are the same whatever the number of processes, and a run
-started at step N sees exactly the batches an uninterrupted run saw from step N. TFDS
-datasets are read sequentially, so each process reads its own even split
+started at step N sees exactly the batches an uninterrupted run saw from step N. Records
+are read in the same order as the folder they were prepared from, with the same crops,
+flips and lighting (drawn for a whole batch at once, stateless_random.py): the same
+batches. TFDS datasets are read sequentially, so each process reads its own even split
 (tfds.even_splits) through a seeded shuffle buffer.
 
 Bad images (`config.data.on_bad_image`): an image that fails to decode is dropped from the
 stream; 'error' then raises ValueError naming the file, 'skip' logs it and counts it in
 `Batches.skipped`. ImageNet's CMYK and grayscale JPEGs and its PNG named .JPEG decode to
-RGB (preprocessing.decode_rgb).
+RGB (preprocessing.decode_rgb). A record that cannot be read or fails its checksum is a
+bad image too (dropped in training, masked in evaluation).
 """
 
 import os
+import sys
 
 from absl import logging
 import jax
@@ -38,6 +45,8 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import preprocessing
+from alexnet_jax import records
+from alexnet_jax import stateless_random
 
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.gif', '.webp')
 MEAN_IMAGE_FILE = 'mean_image.npy'
@@ -69,6 +78,8 @@ def class_names(data, split=None):
     _check_folder(data, root)
     return sorted(d for d in os.listdir(root)
                   if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
+  if data.dataset == 'records':
+    return records.read_classes(_records_root(data))
   return list(_tfds_builder(data).info.features['label'].names)
 
 
@@ -128,6 +139,9 @@ def splits(data):
     _check_folder(data, root)
     return sorted(d for d in os.listdir(root)
                   if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
+  if data.dataset == 'records':
+    root = _records_root(data)
+    return sorted(d for d in os.listdir(root) if records.exists(root, d))
   return list(_tfds_builder(data).info.splits)
 
 
@@ -135,6 +149,8 @@ def describe(data):
   """The dataset a config.data names, in words."""
   if data.dataset == 'folder':
     return f'folder {_folder_root(data)}'
+  if data.dataset == 'records':
+    return f'records {_folder_root(data)}'
   return f'TFDS {data.dataset!r} in {data.data_dir or "the default data_dir"}'
 
 
@@ -173,10 +189,30 @@ def _tfds_builder(data):
   return builder
 
 
+def _records_root(data, split=None):
+  """ROOT of config.data.dataset='records', checked to hold a complete `split` (or, with
+  split None, its class names)."""
+  root = _folder_root(data) if data.data_dir else ''
+  expected = (f'ROOT/{split}/{records.INDEX_FILE}' if split is not None
+              else f'ROOT/{records.CLASSES_FILE}')
+  if not root or not (records.exists(root, split) if split is not None
+                      else os.path.exists(os.path.join(root, records.CLASSES_FILE))):
+    raise FileNotFoundError(
+        f"No records {'of split ' + repr(split) + ' ' if split else ''}in data_dir="
+        f"{data.data_dir!r} (config.data.dataset='records'; expected {expected}). Write them "
+        'once from a folder or a TFDS dataset with `python -m alexnet_jax.prepare records --dataset='
+        'folder|imagenet2012 --data_dir=SOURCE --out=ROOT` (README, "Data") and set '
+        'config.data.data_dir=ROOT.')
+  return root
+
+
 def num_examples(data, split):
   """Examples in `split` (all processes together)."""
   if data.dataset == 'folder':
     return len(_list_folder(data, split)[0])
+  if data.dataset == 'records':
+    with np.load(os.path.join(_records_root(data, split), split, records.INDEX_FILE)) as index:
+      return len(index['label'])
   builder = _tfds_builder(data)
   if split not in builder.info.splits:
     raise ValueError(f'{data.dataset} has no split {split!r}; it has '
@@ -186,7 +222,7 @@ def num_examples(data, split):
 
 def mean_image_path(data):
   """Where `prepare mean` stores the mean image: beside the dataset."""
-  if data.dataset == 'folder':
+  if data.dataset in ('folder', 'records'):
     return os.path.join(_folder_root(data), MEAN_IMAGE_FILE)
   return os.path.join(_tfds_builder(data).data_dir, MEAN_IMAGE_FILE)
 
@@ -390,13 +426,15 @@ class Batches:
   Each element carries its place in this process's stream ('index'); a gap means an image
   failed to read or decode. on_bad_image='error' raises ValueError naming the file; 'skip'
   logs it and appends its name to `skipped` (which starts with the files a cached folder
-  could not read).
+  could not read). describe(name) says why (default: read and decode the file again).
   """
 
-  def __init__(self, ds, names, data, with_file_names, total=None, skipped=()):
+  def __init__(self, ds, names, data, with_file_names, total=None, skipped=(),
+               describe=None):
     self._it = iter(ds.as_numpy_iterator())
     self._names = names  # Dataset of file names, in stream order.
     self._data = data
+    self._describe = describe
     self._with_file_names = with_file_names
     self._total = total  # Stream length (evaluation), to notice a dropped tail.
     self._next_index = 0
@@ -409,7 +447,8 @@ class Batches:
     if hi <= lo:
       return
     for name in self._names.skip(lo).take(hi - lo).as_numpy_iterator():
-      error = _decode_error(name, self._data.dataset == 'folder')
+      error = (self._describe(display_name(name)) if self._describe
+               else _decode_error(name, self._data.dataset == 'folder'))
       name = display_name(name)
       if self._data.on_bad_image != 'skip':
         raise ValueError(
@@ -469,6 +508,218 @@ def _options(data):
   return options
 
 
+# ---------------------------------------------------------------------------- records --
+# Records are read a batch at a time by one NumPy function (read, check, crop, mirror), and
+# each example's augmentation is drawn for the whole batch at once: per-example tf.data
+# work is what limits the other paths (benchmarks/NOTES.md, item 16).
+
+def _global_order(n, *, train, seed, rows, start_step, batch):
+  """This process's (ids, positions) of each global batch, int64 [batch] each, in the
+  folder's order (_folder_stream): epoch e is the permutation stateless_shuffle(seed, e),
+  global batch k its positions [kB, (k+1)B), this process its rows of each. Evaluation:
+  0..n-1 once, the last global batch padded with id -1.
+
+  Returns (tf.data.Dataset, the number of real examples of this process (evaluation)).
+  """
+  row, num_rows = rows
+  global_batch = batch * num_rows
+
+  def mine(ids):
+    """This process's rows of each global batch: [steps * global_batch] -> [steps, batch]."""
+    return tf.reshape(ids, [-1, num_rows, batch])[:, row]
+
+  if train:
+    steps = n // global_batch
+    first_epoch, skip = divmod(start_step, steps)
+
+    def epoch(e):
+      ids = tf.random.experimental.stateless_shuffle(
+          tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+      positions = e * steps * global_batch + tf.range(steps * global_batch, dtype=tf.int64)
+      return tf.data.Dataset.from_tensor_slices(
+          (mine(ids[:steps * global_batch]), mine(positions)))
+
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip), None
+  padded = -(-n // global_batch) * global_batch
+  ids = tf.concat([tf.range(n, dtype=tf.int64), -tf.ones([padded - n], tf.int64)], 0)
+  real = int((np.arange(padded).reshape(-1, num_rows, batch)[:, row] < n).sum())
+  return tf.data.Dataset.from_tensor_slices((mine(ids), mine(tf.range(padded,
+                                                                     dtype=tf.int64)))), real
+
+
+def train_augmentation(seed, positions, stored_size, image_size, data):
+  """_train_example's random draws for a batch of positions, in NumPy, equal bit for bit.
+
+  Returns (corners int32 [b, 2]: the crop's top-left (row, column) in the stored_size
+  square; mirror bool [b]; lighting float32 [b, 3]).
+  """
+  key = stateless_random.fold_in((seed, 0), positions)
+  crop_seed, light_seed = stateless_random.split(key)
+  window_seed, flip_seed = stateless_random.split(crop_seed)  # random_crop_and_flip's.
+  n = len(positions)
+  bits = stateless_random.samples(np.concatenate([window_seed, flip_seed, light_seed]))
+  side = stored_size - image_size + 1  # preprocessing._crop_offsets.
+  index = stateless_random.uniform_int(None, 0, side * side, bits=bits[:n])
+  corners = np.stack([index // side, index % side], 1)
+  mirror = (stateless_random.uniform_int(None, 0, 2, bits=bits[n:2 * n]) > 0 if data.flip
+            else np.zeros(n, bool))
+  if data.pca_lighting_std > 0:
+    # preprocessing.pca_lighting as tf.data runs it: grappler folds std * PCA_STDDEVS into
+    # one constant, and the 3 x 3 product sums in order (tests check it is bit-exact).
+    scaled = stateless_random.normal(None, 3, bits=bits[2 * n:]) * (
+        np.float32(data.pca_lighting_std) * np.asarray(preprocessing.PCA_STDDEVS, np.float32))
+    vecs = np.asarray(preprocessing.PCA_EIGVECS, np.float32)
+    lighting = ((vecs[:, 0] * scaled[:, :1] + vecs[:, 1] * scaled[:, 1:2])
+                + vecs[:, 2] * scaled[:, 2:])
+  else:
+    lighting = np.zeros((n, 3), np.float32)
+  return corners.astype(np.int32), mirror, lighting.astype(np.float32)
+
+
+def _views_np(images, size, num_views, out):
+  """The centre (num_views 1) or preprocessing.ten_views of images uint8 [b, S, S, 3] into
+  out [b, size, size, 3] or [b, 10, size, size, 3]."""
+  edge = images.shape[1] - size
+  if num_views == 1:
+    np.copyto(out, images[:, edge // 2:edge // 2 + size, edge // 2:edge // 2 + size])
+    return
+  corners = [(0, 0), (0, edge), (edge // 2, edge // 2), (edge, 0), (edge, edge)]
+  mirrored = np.empty(images.shape[1:], np.uint8)
+  for k, image in enumerate(images):
+    for c in range(3):  # Channel by channel: records.read_windows says why.
+      np.copyto(mirrored[:, :, c], image[:, ::-1, c])
+    for v, (y, x) in enumerate(corners):
+      np.copyto(out[k, v], image[y:y + size, x:x + size])
+      # The mirror of the window at (y, x) is the mirrored image's window at (y, edge - x).
+      np.copyto(out[k, v + 5], mirrored[y:y + size, edge - x:edge - x + size])
+
+
+def _aligned_empty(shape):
+  """np.empty uint8 on a 64-byte boundary: tf.numpy_function then wraps it, no copy."""
+  raw = np.empty(int(np.prod(shape)) + 64, np.uint8)
+  start = -raw.ctypes.data % 64
+  return raw[start:start + int(np.prod(shape))].reshape(shape)
+
+
+def _buffers(shape):
+  """take() -> an aligned uint8 array of `shape` that nothing else references: one of
+  those it returned before, once the batch made from it is gone (its tensor, and the
+  NumPy arrays and device arrays made from it, hold a reference until then), else a new
+  one. A new 19 MB array for every batch costs about 20 us an image in page faults
+  (benchmarks/NOTES.md, item 16.8)."""
+  pool, free = [], []  # free[i]: pool[i]'s reference count when nothing else holds it.
+
+  def take():
+    for i in range(len(pool)):
+      if sys.getrefcount(pool[i]) == free[i]:
+        return pool[i]
+    pool.append(_aligned_empty(shape))
+    free.append(sys.getrefcount(pool[-1]))  # Counted as above: the list, the argument.
+    return pool[-1]
+
+  return take
+
+
+def _records_split(data, split, *, train, seed, start_step, image_size, num_views, batch,
+                   rows, with_file_names):
+  """create_split for config.data.dataset='records' (see create_split)."""
+  root = _records_root(data, split)
+  stored = records.open_split(root, split)
+  if stored.size != data.resize_size:
+    raise ValueError(f'The records in {stored.root} are stored at {stored.size} x '
+                     f'{stored.size}; set config.data.resize_size={stored.size} (or prepare '
+                     f'them at {data.resize_size}).')
+  if stored.resize_mode != _resize_mode(data):
+    raise ValueError(f'The records in {stored.root} were resized with resize_mode='
+                     f'{stored.resize_mode!r}; set config.data.resize_mode='
+                     f'{stored.resize_mode!r} (or prepare them with --resize_mode='
+                     f'{_resize_mode(data)}).')
+  labels = stored.label
+  if data.get('class_names'):  # Labels index config.data.class_names, as for folders.
+    ours, theirs = list(data.class_names), records.read_classes(root)
+    unknown = sorted(set(theirs) - set(ours))
+    if unknown:
+      raise ValueError(f'The records in {root} have classes {unknown[:5]} that '
+                       'config.data.class_names lacks; labels come from there.')
+    labels = np.asarray([ours.index(c) for c in theirs], np.int32)[labels]
+  if image_size > stored.size:
+    raise ValueError(f'config.data.image_size={image_size} exceeds the stored '
+                     f'{stored.size} x {stored.size}.')
+  n = stored.num_examples
+  if train and n < batch * rows[1]:
+    raise ValueError(f'The global batch size {batch * rows[1]} exceeds the {n} examples '
+                     f'of {split!r}.')
+  order, real = _global_order(n, train=train, seed=seed, rows=rows, start_step=start_step,
+                              batch=batch)
+  order = order.enumerate()  # Batch k holds this process's stream places kB .. kB + B - 1.
+  bad = {}  # File name -> why, filled by the reader; Batches names what went missing.
+
+  def keep(ids, errors):
+    for k, why in errors.items():
+      bad[stored.name(ids[k])] = why
+    ok = np.ones(len(ids), bool)
+    ok[list(errors)] = False
+    return ok
+
+  if train:
+    buffers = _buffers((batch, image_size, image_size, 3))
+
+    def read(k, ids, positions):
+      corners, mirror, lighting = train_augmentation(seed, positions, stored.size,
+                                                     image_size, data)
+      images = buffers()
+      ok = keep(ids, records.read_windows(stored, ids, corners, mirror, image_size, images))
+      index = k * batch + np.arange(len(ids))
+      if not ok.all():  # Dropped here; rebatch below refills the batch from the next.
+        images, lighting, ids, index = images[ok], lighting[ok], ids[ok], index[ok]
+      return images, lighting, labels[ids], ids, index
+
+    shape = [None, image_size, image_size, 3]
+    types = (tf.uint8, tf.float32, tf.int32, tf.int64, tf.int64)
+    keys = ('image', 'lighting', 'label', 'id', 'index')
+  else:
+    view_shape = [image_size] * 2 + [3] if num_views == 1 else [10] + [image_size] * 2 + [3]
+    buffers = _buffers((batch,) + tuple(view_shape))
+    stored_buffers = _buffers((batch, stored.size, stored.size, 3))
+
+    def read(k, ids, positions):
+      del positions
+      whole = stored_buffers()
+      ok = keep(ids, records.read(stored, ids, whole)) & (ids >= 0)
+      whole[~ok] = 0  # Padding and bad records: zeros, masked.
+      images = buffers()
+      _views_np(whole, image_size, num_views, images)
+      index = np.where(ok, k * batch + np.arange(len(ids)), -1)
+      return images, labels[np.maximum(ids, 0)], ok, ids, index
+
+    shape = [None] + view_shape
+    types = (tf.uint8, tf.int32, tf.bool, tf.int64, tf.int64)
+    keys = ('image', 'label', 'mask', 'id', 'index')
+
+  names_t = tf.constant(stored.file_name)
+
+  def read_batch(k, ids_positions):
+    ids, positions = ids_positions
+    out = dict(zip(keys, tf.numpy_function(read, [k, ids, positions], types,
+                                           stateful=False)))
+    out['image'] = tf.ensure_shape(out['image'], shape)
+    for key in keys[1:]:
+      out[key] = tf.ensure_shape(out[key], [None] + ([3] if key == 'lighting' else []))
+    ids = out.pop('id')
+    if with_file_names:
+      out['file_name'] = tf.where(ids >= 0, tf.gather(names_t, tf.maximum(ids, 0)), b'')
+    return out
+
+  ds = order.map(read_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  if train:
+    ds = ds.rebatch(batch, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options(data))
+  names = order.flat_map(lambda k, ids_positions: tf.data.Dataset.from_tensor_slices(
+      tf.gather(names_t, tf.maximum(ids_positions[0], 0))))
+  return Batches(ds, names, data, with_file_names, total=None if train else real,
+                 describe=lambda name: bad.get(name, 'the reader left it out'))
+
+
 def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
                  image_size=224, num_views=1, shard=None, with_file_names=False):
   """An iterator of this process's batches (module docstring), as `Batches`.
@@ -490,6 +741,10 @@ def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
   """
   index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
   batch = global_batch_size // count
+  if data.dataset == 'records':
+    return _records_split(data, split, train=train, seed=seed, start_step=start_step,
+                          image_size=image_size, num_views=num_views, batch=batch,
+                          rows=(index, count), with_file_names=with_file_names)
   kwargs = dict(train=train, seed=seed, start_step=start_step, batch=batch)
   if data.dataset == 'folder':
     stream, real_total, skipped = _folder_stream(data, split, rows=(index, count), **kwargs)

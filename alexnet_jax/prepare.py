@@ -6,6 +6,9 @@
     # centre crop), as small JPEGs in root/<split>/<class>/ (what lets a 16-core host feed
     # an H100); train on it with --config.data.dataset=folder --config.data.data_dir=OUT:
     python -m alexnet_jax.prepare resize --dataset=imagenet2012 --data_dir=~/tensorflow_datasets --out=OUT
+    # The same 256 x 256 images decoded once, as records (records.py: 196,608 bytes an
+    # image, no JPEG decoding in training; the fast way to train); from TFDS or a folder:
+    python -m alexnet_jax.prepare records --dataset=imagenet2012 --data_dir=~/tensorflow_datasets --out=OUT
     # The mean image over the training split (config.data.mean='image'), stored beside it:
     python -m alexnet_jax.prepare mean --dataset=folder --data_dir=OUT
     # A folder of class folders -> root/train and root/validation (last fraction held out):
@@ -28,8 +31,9 @@ import tqdm
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import preprocessing
+from alexnet_jax import records
 
-COMMANDS = ('imagenet2012', 'resize', 'mean', 'split-folder', 'sample')
+COMMANDS = ('imagenet2012', 'resize', 'records', 'mean', 'split-folder', 'sample')
 FLAGS = flags.FLAGS
 
 
@@ -88,9 +92,41 @@ def resize(dataset, data_dir, out, splits, size=256, quality=95):
         progress.update(len(images))
 
 
+def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024,
+                  resize_mode='shorter'):
+  """Writes every image of `splits` at size x size as records (records.py) under `out`.
+
+  The images are those `resize` would write (shorter side to `size`, centre crop, or
+  the whole image warped to size x size with resize_mode='warp'; bad files skipped),
+  decoded once; a folder's file names are kept as <class>/<file>.
+  Returns {split: images written}.
+  """
+  data = _data_config(dataset, data_dir)
+  data.resize_mode = resize_mode
+  records.write_classes(out, input_pipeline.class_names(data))
+  written = {}
+  for split in splits:
+    total = input_pipeline.num_examples(data, split)
+    with tqdm.tqdm(total=total, desc=f'records {split}') as progress:
+
+      def batches():
+        for images, labels, names in _stored_images(data, split, size):
+          if dataset == 'folder':  # root/<split>/<class>/<file> -> <class>/<file>
+            names = [b'/'.join(n.split(os.sep.encode())[-2:]) for n in names]
+          yield images, labels, names
+          progress.update(len(images))
+
+      written[split] = records.write_split(out, split, batches(), total, shard_size,
+                                           resize_mode)
+  return written
+
+
 def compute_mean(dataset, data_dir, split='train', size=256):
   """The mean size x size image over `split`; saved to input_pipeline.mean_image_path."""
   data = _data_config(dataset, data_dir)
+  if dataset == 'records':  # At the size and resize mode they were stored with.
+    stored = records.open_split(os.path.abspath(os.path.expanduser(data_dir)), split)
+    size, data.resize_mode = stored.size, stored.resize_mode
   mean_image = preprocessing.mean_image(
       images for images, _, _ in _stored_images(data, split, size))
   path = input_pipeline.mean_image_path(data)
@@ -144,6 +180,11 @@ def main(argv):
     print(f'Prepared {builder.info.full_name} in {builder.data_dir}.')
   elif command == 'resize':
     resize(FLAGS.dataset, FLAGS.data_dir, FLAGS.out, FLAGS.splits, FLAGS.size, FLAGS.quality)
+  elif command == 'records':
+    written = write_records(FLAGS.dataset, FLAGS.data_dir, FLAGS.out, FLAGS.splits,
+                            FLAGS.size, FLAGS.shard_size, FLAGS.resize_mode)
+    print(f'Wrote {written} records to {FLAGS.out}; train with '
+          f'--config.data.dataset=records --config.data.data_dir={FLAGS.out}.')
   elif command == 'mean':
     path, _ = compute_mean(FLAGS.dataset, FLAGS.data_dir, FLAGS.split)
     print(f'Wrote {path}.')
@@ -156,15 +197,19 @@ def main(argv):
 
 def define_flags():
   """Command-line flags, defined only when this module is the program."""
-  flags.DEFINE_string('dataset', 'folder', "'folder' or a TFDS name (resize, mean).")
+  flags.DEFINE_string('dataset', 'folder', "'folder', 'records' (mean) or a TFDS name "
+                      '(resize, records, mean).')
   flags.DEFINE_string('data_dir', '', 'Folder root or TFDS data_dir (imagenet2012, resize, mean).')
   flags.DEFINE_string('manual_dir', '', 'Folder with the official ILSVRC2012 tars (imagenet2012).')
-  flags.DEFINE_list('splits', ['train', 'validation'], 'Splits to resize.')
+  flags.DEFINE_list('splits', ['train', 'validation'], 'Splits to write (resize, records).')
   flags.DEFINE_string('split', 'train', 'Split to average (mean).')
   flags.DEFINE_string('src', '', 'Folder of class folders (split-folder).')
   flags.DEFINE_string('tar', '', 'Imagenette tar (sample).')
-  flags.DEFINE_string('out', '', 'Output folder (resize, split-folder, sample).')
-  flags.DEFINE_integer('size', 256, 'Stored image side (resize).')
+  flags.DEFINE_string('out', '', 'Output folder (resize, records, split-folder, sample).')
+  flags.DEFINE_integer('size', 256, 'Stored image side (resize, records).')
+  flags.DEFINE_integer('shard_size', 1024, 'Images per file (records).')
+  flags.DEFINE_enum('resize_mode', 'shorter', ['shorter', 'warp'],
+                    'Shorter side to --size and centre crop, or warp (records).')
   flags.DEFINE_integer('quality', 95, 'JPEG quality of written images (resize, sample).')
   flags.DEFINE_float('holdout', 0.1, 'Fraction of each class held out (split-folder).')
   flags.DEFINE_integer('train_per_class', 50, 'Training images per class (sample).')

@@ -67,7 +67,8 @@ def get_config(arg=''):
 
   # --- Data ----------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = 'imagenet2012'  # TFDS name, or 'folder' for root/<split>/<class>.
+  # A TFDS name, 'folder' (root/<split>/<class>) or 'records' (prepare records; fastest).
+  config.data.dataset = 'imagenet2012'
   config.data.data_dir = ''  # TFDS data_dir, or the folder root; '' = TFDS default.
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'

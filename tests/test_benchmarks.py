@@ -1,8 +1,8 @@
 """The benchmarks run and report; the speed-ups they led to compute the same gradients.
 
-benchmarks/train_step.py and benchmarks/forward.py run in --fast mode (batch 2, one timed
-step per repeat) as the README's commands run them, and must write JSON with positive
-finite throughputs. The speed-ups in models.py (hand-written gradients for LRN and max
+benchmarks/train_step.py, benchmarks/forward.py and benchmarks/end_to_end.py run in --fast
+mode (tiny batches, one timed step per repeat) as the README's commands run them, and must
+write JSON with positive finite throughputs. The speed-ups in models.py (hand-written gradients for LRN and max
 pooling) are checked against PyTorch's autograd, an independent implementation.
 """
 
@@ -60,6 +60,28 @@ def test_benchmark_fast_mode_writes_results(module, mesh_model, tmp_path):
   assert row['jax_mfu'] == pytest.approx(row['jax_img_per_s'] * FLOPS[module] / peak)
   assert row['peer_mfu'] == pytest.approx(row['peer_img_per_s'] * FLOPS[module] / peak)
   assert 'ratio' in stdout and 'jax img/s' in stdout  # The printed table.
+
+
+def test_end_to_end_fast_mode_writes_results(tmp_path):
+  """benchmarks/end_to_end.py: the pipeline feeding the real step, and the step alone."""
+  out = tmp_path / 'e2e.json'
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run([sys.executable, '-m', 'benchmarks.end_to_end', '--fast', '--out',
+                         str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert [r['format'] for r in result['rows']] == ['records', 'jpeg']
+  for row in result['rows']:
+    for key in ('end_to_end_img_per_s', 'step_img_per_s', 'eval_10_view_end_to_end_img_per_s',
+                'eval_10_view_step_img_per_s'):
+      assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row['end_to_end_ratio'] == pytest.approx(
+        row['repeats_end_to_end_img_per_s'][0] / row['repeats_step_img_per_s'][0])
+  for key in ('end_to_end_img_per_s', 'step_img_per_s', 'end_to_end_ratio'):
+    assert result[key] == result['rows'][0][key]
+  assert 'step alone img/s' in proc.stdout
 
 
 # --- The speed-ups compute the same gradients as PyTorch's autograd -------------------

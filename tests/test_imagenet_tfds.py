@@ -88,3 +88,34 @@ def test_processes_read_disjoint_splits(imagenet):
                                              shard=(index, 2)):
       names += list(batch['file_name'][batch['mask']])
   assert len(names) == len(set(names)) == 9
+
+
+def test_records_written_from_tfds_hold_its_images_labels_and_names(imagenet, tmp_path):
+  """`prepare records` from TFDS's imagenet2012: the evaluation batches read back equal
+  the TFDS path's (same 256 x 256 images, labels, file names), and training reads them."""
+  written = prepare.write_records('imagenet2012', imagenet.data_dir, str(tmp_path),
+                                  ['train', 'validation'])
+  assert written == {'train': 9, 'validation': 5}
+  data = imagenet.copy_and_resolve_references()
+  data.dataset, data.data_dir = 'records', str(tmp_path)
+  assert input_pipeline.class_names(data) == input_pipeline.class_names(imagenet)
+  assert input_pipeline.num_examples(data, 'train') == 9
+  kw = dict(global_batch_size=4, train=False, with_file_names=True, shard=(0, 1))
+  for views in (1, 10):
+    want = list(input_pipeline.create_split(imagenet, 'validation', num_views=views, **kw))
+    got = list(input_pipeline.create_split(data, 'validation', num_views=views, **kw))
+    assert len(want) == len(got) == 2
+    for a, b in zip(want, got):
+      np.testing.assert_array_equal(a['mask'], b['mask'])
+      np.testing.assert_array_equal(a['image'], b['image'])  # Padding: zeros in both.
+      for k in ('label', 'file_name'):
+        np.testing.assert_array_equal(a[k][a['mask']], b[k][b['mask']], err_msg=k)
+  batches = input_pipeline.create_split(data, 'train', global_batch_size=3, train=True,
+                                        with_file_names=True, shard=(0, 1))
+  seen = {}
+  for _ in range(3):  # One epoch.
+    batch = next(batches)
+    for name, label in zip(batch['file_name'], batch['label']):
+      seen[name.decode()] = int(label)
+  assert len(seen) == 9
+  assert all(TRAIN_LABELS[name.split('_')[0]] == label for name, label in seen.items())

@@ -379,6 +379,14 @@ def test_benchmark_fast_mode_writes_json(tmp_path):
   assert result['train_images_per_sec_per_core'] * result['cores'] == pytest.approx(
       result['train_images_per_sec'])
   assert 'images/s/core' in proc.stdout
+  # The recommended format is the headline; each format has a row with its storage.
+  assert result['format'] == 'records'
+  assert [r['format'] for r in result['rows']] == ['records', 'jpeg']
+  assert result['rows'][0]['train_images_per_sec'] == result['train_images_per_sec']
+  records, jpeg = result['rows']
+  assert records['bytes_per_image'] > 256 * 256 * 3 > jpeg['bytes_per_image']
+  assert all(r['train_images_per_cpu_second'] > 0 and r['eval_10_view_images_per_sec'] > 0
+             for r in result['rows'])
 
 
 def test_prepare_mean_stores_the_mean_image_the_pipeline_subtracts(tmp_path):

@@ -1,0 +1,289 @@
+"""Records (config.data.dataset='records'): the same batches as the folder they were
+prepared from, deterministic, resumable, sharded per process, bad records named."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_jax import input_pipeline
+from alexnet_jax import prepare
+from alexnet_jax import preprocessing
+from alexnet_jax import records
+from configs import sample
+from tests.conftest import REPO
+from tests.runs import metrics
+from tests.runs import run_main
+
+SAMPLE = str(REPO / 'data' / 'sample')
+
+
+def data_config(**overrides):
+  data = sample.get_config().data
+  data.cache = False
+  data.update(overrides)
+  return data
+
+
+def take(batches, n):
+  return [next(batches) for _ in range(n)]
+
+
+def assert_batches_equal(a, b, keys=None):
+  for k in keys or a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.fixture(scope='module')
+def pngs(tmp_path_factory):
+  """A folder of 256 x 256 PNGs (lossless: the records hold exactly their pixels), 3
+  classes, 11 training and 5 held-out images each, and its records in two shards."""
+  root = tmp_path_factory.mktemp('pngs')
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 11), ('validation', 5)):
+    for c in ('cat', 'dog', 'eel'):
+      (root / split / c).mkdir(parents=True)
+      for i in range(count):
+        image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        tf.io.write_file(str(root / split / c / f'{i}.png'), tf.io.encode_png(image))
+  out = tmp_path_factory.mktemp('pngs_records')
+  written = prepare.write_records('folder', str(root), str(out), ['train', 'validation'],
+                                  shard_size=20)
+  assert written == {'train': 33, 'validation': 15}
+  return root, out
+
+
+def test_records_layout_and_contents(pngs):
+  root, out = pngs
+  assert records.read_classes(out) == ['cat', 'dog', 'eel']
+  assert sorted(os.listdir(out / 'train')) == [
+      'images-00000-of-00002.npy', 'images-00001-of-00002.npy', 'index.npz']
+  shards = [np.load(out / 'train' / f'images-0000{k}-of-00002.npy') for k in (0, 1)]
+  assert [s.shape for s in shards] == [(20, 256, 256, 3), (13, 256, 256, 3)]
+  split = records.open_split(str(out), 'train')
+  assert split.file_name[12] == b'dog/1.png' and split.label[12] == 1
+  image = tf.io.decode_png(tf.io.read_file(str(root / 'train' / 'dog' / '1.png'))).numpy()
+  np.testing.assert_array_equal(shards[0][12], image)
+  assert split.checksum[12] == records.checksum(image)
+
+
+def test_train_batches_equal_the_folders(pngs):
+  """The same images, order, crops, flips and lighting as the folder path, across an
+  epoch boundary (33 // 6 = 5 steps an epoch) and in both shards."""
+  root, out = pngs
+  folder = input_pipeline.create_split(data_config(data_dir=str(root)), 'train',
+                                       global_batch_size=6, train=True, seed=4,
+                                       with_file_names=True, shard=(0, 1))
+  recs = input_pipeline.create_split(data_config(dataset='records', data_dir=str(out)),
+                                     'train', global_batch_size=6, train=True, seed=4,
+                                     with_file_names=True, shard=(0, 1))
+  for a, b in zip(take(folder, 7), take(recs, 7)):
+    assert set(a) == set(b) == {'image', 'lighting', 'label', 'file_name'}
+    assert b['image'].dtype == np.uint8 and b['lighting'].dtype == np.float32
+    assert b['label'].dtype == np.int32
+    assert_batches_equal(a, b, ['image', 'lighting', 'label'])
+    assert [n.decode().split(os.sep)[-2:] for n in a['file_name']] == [
+        n.decode().split('/') for n in b['file_name']]
+
+
+@pytest.mark.parametrize('views', [1, 10])
+def test_eval_batches_equal_the_folders(pngs, views):
+  root, out = pngs
+  kw = dict(global_batch_size=4, train=False, num_views=views, shard=(0, 1))
+  folder = list(input_pipeline.create_split(data_config(data_dir=str(root)), 'validation',
+                                            **kw))
+  recs = list(input_pipeline.create_split(
+      data_config(dataset='records', data_dir=str(out)), 'validation', **kw))
+  assert len(folder) == len(recs) == 4  # 15 images, the last batch padded and masked.
+  for a, b in zip(folder, recs):
+    assert_batches_equal(a, b)
+
+
+def test_jpegs_of_the_sample_give_the_same_batches(tmp_path):
+  """Records of a folder of 256 x 256 JPEGs (`prepare resize`) hold the pixels the JPEG
+  path decodes: the same training batches."""
+  jpegs, out = tmp_path / 'jpegs', tmp_path / 'records'
+  prepare.resize('folder', SAMPLE, str(jpegs), ['train'])
+  prepare.write_records('folder', str(jpegs), str(out), ['train'])
+  kw = dict(global_batch_size=32, train=True, seed=1, start_step=14, shard=(0, 1))
+  a = take(input_pipeline.create_split(data_config(data_dir=str(jpegs)), 'train', **kw), 2)
+  b = take(input_pipeline.create_split(data_config(dataset='records', data_dir=str(out)),
+                                       'train', **kw), 2)
+  for x, y in zip(a, b):
+    assert_batches_equal(x, y)
+
+
+def test_resume_at_step_n_equals_the_tail_of_a_full_run(pngs):
+  _, out = pngs
+  data = data_config(dataset='records', data_dir=str(out))
+  make = lambda start: input_pipeline.create_split(
+      data, 'train', global_batch_size=6, train=True, seed=3, start_step=start,
+      shard=(0, 1))
+  full = take(make(0), 9)
+  for x, y in zip(full[7:], take(make(7), 2)):  # Step 7 is in the second epoch.
+    assert_batches_equal(x, y)
+  for x, y in zip(full[:2], take(make(0), 2)):
+    assert_batches_equal(x, y)
+  other_seed = next(input_pipeline.create_split(data, 'train', global_batch_size=6,
+                                                train=True, seed=4, shard=(0, 1)))
+  assert not np.array_equal(full[0]['image'], other_seed['image'])
+
+
+def test_processes_read_their_rows_of_the_same_global_batches(pngs):
+  _, out = pngs
+  data = data_config(dataset='records', data_dir=str(out))
+  kw = dict(global_batch_size=6, train=True, seed=5, start_step=6)
+  whole = take(input_pipeline.create_split(data, 'train', shard=(0, 1), **kw), 2)
+  parts = [take(input_pipeline.create_split(data, 'train', shard=(i, 3), **kw), 2)
+           for i in range(3)]
+  for step in range(2):
+    for k in whole[step]:
+      np.testing.assert_array_equal(
+          np.concatenate([p[step][k] for p in parts]), whole[step][k])
+  seen = []
+  for i in range(2):  # Evaluation: each image once over the processes.
+    for b in input_pipeline.create_split(data, 'validation', global_batch_size=4,
+                                         train=False, shard=(i, 2), with_file_names=True):
+      assert b['image'].shape[0] == 2
+      seen += list(b['file_name'][b['mask']])
+  assert len(seen) == len(set(seen)) == 15
+
+
+def test_prepared_from_the_sample_crops_match_its_images(tmp_path):
+  """From the sample's photographs of any size: each crop is a window of the stored
+  256 x 256 image, the one the folder path resamples (to within 1)."""
+  prepare.write_records('folder', SAMPLE, str(tmp_path), ['train'])
+  kw = dict(global_batch_size=8, train=True, seed=2, shard=(0, 1))
+  a = next(input_pipeline.create_split(data_config(data_dir=SAMPLE), 'train', **kw))
+  b = next(input_pipeline.create_split(data_config(dataset='records',
+                                                   data_dir=str(tmp_path)), 'train', **kw))
+  assert_batches_equal(a, b, ['label', 'lighting'])
+  assert np.abs(a['image'].astype(int) - b['image']).max() <= 1
+
+
+def test_mean_image_of_records_equals_the_folders(pngs):
+  root, out = pngs
+  _, from_folder = prepare.compute_mean('folder', str(root))
+  path, from_records = prepare.compute_mean('records', str(out))
+  assert path == str(out / input_pipeline.MEAN_IMAGE_FILE)
+  np.testing.assert_allclose(from_records, from_folder, rtol=1e-6)
+
+
+def test_missing_records_say_how_to_prepare(tmp_path):
+  data = data_config(dataset='records', data_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='prepare records'):
+    input_pipeline.num_examples(data, 'train')
+
+
+def test_stored_size_must_match_resize_size(pngs):
+  with pytest.raises(ValueError, match='resize_size=256'):
+    input_pipeline.create_split(
+        data_config(dataset='records', data_dir=str(pngs[1]), resize_size=224), 'train',
+        global_batch_size=4, train=True, image_size=224, shard=(0, 1))
+
+
+# ----------------------------------------------------------------------- bad records --
+
+@pytest.fixture
+def damaged(pngs, tmp_path):
+  """A copy of the records with record 3 (cat/2.png: files sort as 0, 1, 10, 2, ...)
+  corrupted in one byte, and the second shard cut short in its record 27 (7 of the
+  shard), so records 27-32 are unreadable."""
+  out = tmp_path / 'damaged'
+  shutil.copytree(pngs[1], out)
+  split = records.open_split(str(out), 'train')
+  path, offset = split.where(3)
+  with open(path, 'r+b') as f:
+    f.seek(offset + 1000)
+    byte = f.read(1)
+    f.seek(offset + 1000)
+    f.write(bytes([byte[0] ^ 0x10]))
+  path, offset = split.where(27)
+  os.truncate(path, offset + 5000)
+  bad = {split.name(i) for i in [3] + list(range(27, 33))}
+  return out, bad
+
+
+def test_bad_records_are_skipped_and_batches_stay_full(damaged):
+  out, bad = damaged
+  data = data_config(dataset='records', data_dir=str(out), on_bad_image='skip')
+  batches = input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
+                                        with_file_names=True, shard=(0, 1))
+  seen = set()
+  for b in take(batches, 10):  # Two epochs: every record is read twice.
+    assert b['image'].shape == (6, 224, 224, 3)
+    seen |= {n.decode() for n in b['file_name']}
+  assert not seen & bad
+  assert set(batches.skipped) == bad
+  assert len(seen) == 33 - len(bad)
+
+
+def test_bad_record_stops_training_naming_it(damaged):
+  out, _ = damaged
+  data = data_config(dataset='records', data_dir=str(out), on_bad_image='error')
+  with pytest.raises(ValueError, match=r'Cannot use image (cat/2\.png: record 3 of '
+                     r'.*images-00000-of-00002\.npy is corrupt: checksum|eel/\d+\.png: '
+                     r'record \d of .*images-00001-of-00002\.npy cannot be read: the file '
+                     r'ends \d+ bytes into it \(truncated\))'):
+    take(input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
+                                     shard=(0, 1)), 6)
+
+
+def test_bad_records_in_evaluation_are_masked_and_reported(pngs, tmp_path):
+  out = tmp_path / 'damaged'
+  shutil.copytree(pngs[1], out)
+  os.remove(out / 'validation' / 'images-00000-of-00001.npy')
+  data = data_config(dataset='records', data_dir=str(out), on_bad_image='skip')
+  batches = input_pipeline.create_split(data, 'validation', global_batch_size=4,
+                                        train=False, shard=(0, 1))
+  masks = [b['mask'] for b in batches]
+  assert len(masks) == 4 and not np.concatenate(masks).any()
+  assert len(batches.skipped) == 15
+
+
+def test_main_trains_on_records(tmp_path):
+  """`main` reads records through config.data, as it reads the folder they came from."""
+  out = tmp_path / 'records'
+  prepare.write_records('folder', SAMPLE, str(out), ['train', 'validation'], size=76)
+  run_main(tmp_path / 'run', '--config.data.dataset=records',
+           f'--config.data.data_dir={out}', '--config.eval_every_steps=2', steps=2)
+  lines = metrics(tmp_path / 'run')
+  assert [l['step'] for l in lines if 'loss' in l] == [2]
+  assert [l['step'] for l in lines if 'eval_top1_error' in l] == [2]
+  assert all(np.isfinite(l['loss']) for l in lines if 'loss' in l)
+
+
+def test_labels_follow_config_class_names(pngs):
+  """With config.data.class_names (a checkpoint's classes), labels index those, as for
+  folders."""
+  root, out = pngs
+  kw = dict(global_batch_size=4, train=False, with_file_names=True, shard=(0, 1))
+  names = ['eel', 'bat', 'cat', 'dog']
+  folder = list(input_pipeline.create_split(
+      data_config(data_dir=str(root), class_names=names), 'validation', **kw))
+  recs = list(input_pipeline.create_split(
+      data_config(dataset='records', data_dir=str(out), class_names=names), 'validation',
+      **kw))
+  labels = lambda batches, name: {name(n): int(l) for b in batches
+                                  for n, l in zip(b['file_name'][b['mask']],
+                                                  b['label'][b['mask']])}
+  got = labels(recs, bytes.decode)
+  assert got == labels(folder, lambda n: '/'.join(n.decode().split(os.sep)[-2:]))
+  assert {got['cat/0.png'], got['dog/0.png'], got['eel/0.png']} == {2, 3, 0}
+
+
+def test_resize_mode_is_kept_and_checked(pngs, tmp_path):
+  root, _ = pngs
+  prepare.write_records('folder', str(root), str(tmp_path), ['validation'], size=64,
+                        resize_mode='warp')
+  assert records.open_split(str(tmp_path), 'validation').resize_mode == 'warp'
+  data = data_config(dataset='records', data_dir=str(tmp_path), resize_size=64)
+  with pytest.raises(ValueError, match="resize_mode='warp'"):
+    input_pipeline.create_split(data, 'validation', global_batch_size=4, train=False,
+                                image_size=56, shard=(0, 1))
+  data.resize_mode = 'warp'
+  batch = next(input_pipeline.create_split(data, 'validation', global_batch_size=4,
+                                           train=False, image_size=56, shard=(0, 1)))
+  assert batch['image'].shape == (4, 56, 56, 3)
