@@ -307,7 +307,7 @@ class AlexNet(nn.Module):
   group_impl: str = 'split'
   dtype: str = 'float32'  # Compute dtype; parameters are always float32.
   # Set by the model-parallel step, never by configs: the shard_map axes this call runs
-  # under. Parameters then hold the local column(s) and dropout masks are the global ones.
+  # under. Parameters then hold the local column(s), dropout masks the local shard's.
   model_axis: str | None = None
   data_axis: str | None = None
 
@@ -386,21 +386,30 @@ class AlexNet(nn.Module):
     return feats if return_features else x
 
   def dropout(self, x, train):
-    """Inverted dropout on [batch, units] with the mask of the whole global batch.
+    """Inverted dropout on x [batch, units]; each device draws the mask of its shard only.
 
-    The mask is drawn for the global [batch, units] block from the one 'dropout' key and
-    each device keeps its own slice, so masks differ per device and per step yet are the
-    same whatever the mesh: a model=2 or data=2 run equals the one-device run.
-    (The original code scales by 0.5 at test time instead; equal in expectation.)
+    The mask of one example and one column is drawn from the 'dropout' key folded with
+    the example's row in the global batch and the column's index: units / columns
+    Bernoulli draws (2048 for fc6 and fc7). A device holding rows data_index * b ...
+    and columns model_index * c ... draws b x c of these blocks, b x units bits: its
+    share of the batch and of the units (at data=64 a 64th of the global mask, not all
+    of it). The mask of each (example, column) depends only on the key and those two
+    indices, never on the mesh, so a model=2 or data=2 run equals the one-device run
+    (tests/test_train.py). (The original code scales by 0.5 at test time instead; equal
+    in expectation.)
     """
     if not train or self.dropout_rate == 0.0:
       return x
-    rows, cols = axis_size(self.data_axis), axis_size(self.model_axis)
     b, u = x.shape
-    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
-                                (b * rows, u * cols))
-    if rows * cols > 1:
-      row = 0 if self.data_axis is None else lax.axis_index(self.data_axis)
-      col = 0 if self.model_axis is None else lax.axis_index(self.model_axis)
-      keep = lax.dynamic_slice(keep, (row * b, col * u), (b, u))
+    groups = self.columns // axis_size(self.model_axis)  # Columns on this device.
+    row0 = 0 if self.data_axis is None else lax.axis_index(self.data_axis) * b
+    col0 = 0 if self.model_axis is None else lax.axis_index(self.model_axis) * groups
+    key = self.make_rng('dropout')
+
+    def block(row, col):  # [units // groups]: one example's units of one column.
+      k = jax.random.fold_in(jax.random.fold_in(key, row), col)
+      return jax.random.bernoulli(k, 1.0 - self.dropout_rate, (u // groups,))
+
+    keep = jax.vmap(jax.vmap(block, (None, 0)), (0, None))(
+        row0 + jnp.arange(b), col0 + jnp.arange(groups)).reshape(b, u)
     return jnp.where(keep, x / (1.0 - self.dropout_rate), 0).astype(x.dtype)
