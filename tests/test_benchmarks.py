@@ -62,6 +62,26 @@ def test_benchmark_fast_mode_writes_results(module, mesh_model, tmp_path):
   assert 'ratio' in stdout and 'jax img/s' in stdout  # The printed table.
 
 
+def test_paths_benchmark_times_each_setting_against_ours(tmp_path):
+  """benchmarks/paths.py (the A/B behind models.IMPLS) in --fast mode, two settings."""
+  out = tmp_path / 'paths.json'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.paths', '--fast', '--image_size', '67',
+       '--variants', 'custom,xla', '--out', str(out)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [(r['variant'], r['lrn_impl'], r['pool_impl'], r['group_impl']) for r in rows] == [
+      ('custom', 'custom', 'custom', 'split'), ('xla', 'xla', 'xla', 'feature_group')]
+  assert rows[0]['ratio_to_custom'] == 1.0
+  for r in rows:
+    assert len(r['repeats']) == 2 and all(v > 0 and math.isfinite(v) for v in r['repeats'])
+    assert r['img_per_s'] == pytest.approx(float(np.median(r['repeats'])))
+  assert rows[1]['ratio_to_custom'] == pytest.approx(
+      float(np.median([x / c for x, c in zip(rows[1]['repeats'], rows[0]['repeats'])])))
+
+
 # --- The speed-ups compute the same gradients as PyTorch's autograd -------------------
 
 
