@@ -60,10 +60,12 @@ GROUP_IMPLS = ('auto', 'split', 'feature_group')
 
 # XLA's own ops: LRN and max pool by autodiff, the grouped convolution.
 XLA_IMPLS = {'lrn_impl': 'xla', 'pool_impl': 'xla', 'group_impl': 'feature_group'}
-# 'auto' by backend. CPU: measured (benchmarks/NOTES.md, item 14). Other backends (GPU,
-# TPU): XLA's own ops, the conventional choice that lets XLA fuse; not measured here.
+# 'auto' by backend. CPU: the faster in the training step on a 2-core CPU (benchmarks/
+# NOTES.md, item 14: LRN by autodiff as fast or faster, our max-pool gradient 2-8%
+# faster, two convolutions 3x faster than one grouped). Other backends (GPU, TPU): XLA's
+# own ops, the conventional choice that lets XLA fuse; not measured.
 IMPLS = {
-    'cpu': {'lrn_impl': 'custom', 'pool_impl': 'custom', 'group_impl': 'split'},
+    'cpu': {'lrn_impl': 'xla', 'pool_impl': 'custom', 'group_impl': 'split'},
 }
 
 
@@ -93,9 +95,10 @@ def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1,
     x: [..., channels].
     groups: the channel axis is split into this many equal groups (the columns) and the
       window never crosses a group's ends, as in the original code.
-    impl: 'custom', the gradient written by hand (``_lrn``; autodiff of this formula was
-      ~5x slower on XLA:CPU, benchmarks/NOTES.md item 1; reverse mode only), or 'xla',
-      autodiff of the same formula (``_lrn_formula``).
+    impl: 'custom', the gradient written by hand (``_lrn``; reverse mode only), or
+      'xla', autodiff of the same formula (``_lrn_formula``). The hand-written gradient
+      was ~5x faster than autodiff of an earlier formula (shifted slices and ``pow``;
+      benchmarks/NOTES.md item 1); autodiff of this one is as fast (item 14).
   Returns:
     Same shape and dtype as x; the normaliser is computed in float32.
   """

@@ -262,7 +262,8 @@ def test_initialisation(scheme, request):
 # --- Ways of computing the same network ----------------------------------------------
 
 
-FAST = {'lrn_impl': 'custom', 'pool_impl': 'custom', 'group_impl': 'split'}
+# Our hand-written paths, chosen on a 2-core CPU; XLA's own ops are models.XLA_IMPLS.
+OURS = {'lrn_impl': 'custom', 'pool_impl': 'custom', 'group_impl': 'split'}
 
 
 def test_implementations_by_backend():
@@ -324,7 +325,7 @@ def random_params_for(size):
 
 @pytest.mark.parametrize('switch', [{'lrn_impl': 'xla'}, {'pool_impl': 'xla'},
                                     {'group_impl': 'feature_group'}, models.XLA_IMPLS])
-def test_xla_ops_equal_the_fast_path_in_values_and_gradients(switch):
+def test_xla_ops_equal_ours_in_values_and_gradients(switch):
   """Every named activation, and the gradient of the loss for the input and for every
   parameter, with one op (or all) computed by XLA's own version instead of ours."""
   size = 99  # conv1 23 x 23 -> pool5 2 x 2: every layer, a fifth of 224's FLOPs.
@@ -341,12 +342,12 @@ def test_xla_ops_equal_the_fast_path_in_values_and_gradients(switch):
 
     return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, x)
 
-  (fast_grads, fast_feats), (grads, feats) = run(FAST), run({**FAST, **switch})
+  (our_grads, our_feats), (grads, feats) = run(OURS), run({**OURS, **switch})
   # Measured on CPU: activations equal, gradients within 5e-7.
   for name in models.LAYERS:
-    assert rel_err(feats[name], fast_feats[name]) < 2e-6, name
-  assert rel_err(grads[1], fast_grads[1]) < 2e-6, 'input'
-  for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(fast_grads[0]),
+    assert rel_err(feats[name], our_feats[name]) < 2e-6, name
+  assert rel_err(grads[1], our_grads[1]) < 2e-6, 'input'
+  for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(our_grads[0]),
                                jax.tree.leaves(grads[0])):
     assert rel_err(got, want) < 2e-6, jax.tree_util.keystr(path)
 
@@ -378,7 +379,7 @@ def primitive_counts(jaxpr):
 def test_the_switches_choose_the_ops(switch, want):
   """The gradient's program holds our gradients (custom_vjp: 2 LRNs, 3 pools) or XLA's
   ops (select_and_scatter_add, grouped convolutions for conv2, conv4, conv5), as asked."""
-  model = models.AlexNet(num_classes=10, **{**FAST, **switch})
+  model = models.AlexNet(num_classes=10, **{**OURS, **switch})
   x = jnp.asarray(images(1, 67))
   params = abstract_init(model, 67)[1]
   loss = lambda p: model.apply(p, x, train=False).sum()
@@ -505,6 +506,8 @@ def test_unknown_preset():
     ({'init_scheme': 'xavier'}, r"model\.init_scheme='xavier'.*'paper'"),
     ({'conv1_padding': 'same'}, r"model\.conv1_padding='same'.*'valid'"),
     ({'group_impl': 'loop'}, r"model\.group_impl='loop'.*'split'"),
+    ({'lrn_impl': 'fast'}, r"model\.lrn_impl='fast'.*'custom'"),
+    ({'pool_impl': 'reduce_window'}, r"model\.pool_impl='reduce_window'.*'xla'"),
 ])
 def test_bad_model_values(kwargs, message):
   config = alexnet.get_config()
