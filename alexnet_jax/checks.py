@@ -15,7 +15,6 @@ from alexnet_jax import preprocessing
 
 DTYPES = ('float32', 'bfloat16')
 CONV1_PADDINGS = ('paper', 'valid')
-GROUP_IMPLS = ('split', 'feature_group')
 
 
 def _get(config, field):
@@ -41,7 +40,11 @@ def _rules(config):
       ('model.init_scheme', m.init_scheme in models.INITS, f'must be one of {models.INITS}'),
       ('model.conv1_padding', m.conv1_padding in CONV1_PADDINGS,
        f'must be one of {CONV1_PADDINGS}'),
-      ('model.group_impl', m.group_impl in GROUP_IMPLS, f'must be one of {GROUP_IMPLS}'),
+      ('model.lrn_impl', m.lrn_impl in models.LRN_IMPLS, f'must be one of {models.LRN_IMPLS}'),
+      ('model.pool_impl', m.pool_impl in models.POOL_IMPLS,
+       f'must be one of {models.POOL_IMPLS}'),
+      ('model.group_impl', m.group_impl in models.GROUP_IMPLS,
+       f'must be one of {models.GROUP_IMPLS}'),
       ('model.dtype', m.dtype in DTYPES, f'must be one of {DTYPES}'),
       ('data.dataset', bool(d.dataset), "must name a TFDS dataset or be 'folder' or "
        "'records'"),

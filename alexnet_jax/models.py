@@ -11,8 +11,7 @@ column-local layers hold the input channels of one column, as a grouped convolut
 (conv2: [5, 5, 48, 256]). So:
 
 * On one device (``model_axis=None``) both columns are computed locally. The column-local
-  layers run as two convolutions over the channel halves (``group_impl='split'``; XLA:CPU
-  is slow with ``feature_group_count=2``, benchmarks/NOTES.md item 0) or as one
+  layers run as two convolutions over the channel halves (``group_impl='split'``) or as one
   grouped convolution (``group_impl='feature_group'``).
 * Inside ``jax.shard_map`` over a mesh axis of size 2 (``model_axis='model'``), every
   parameter is sharded on its last axis, so each device holds one column, exactly as the
@@ -22,9 +21,19 @@ column-local layers hold the input channels of one column, as a grouped convolut
 Named activations (``LAYERS``) come from the same definition, for feature extraction:
 ``model.apply(variables, x, train=False, return_features=True)`` returns a dict of them.
 
-For speed, LRN and max pooling have hand-written gradients (``jax.custom_vjp``;
-benchmarks/NOTES.md): the network supports reverse mode (``jax.grad``, ``jax.vjp``) but
-not forward mode (``jax.jvp``).
+Three ops have two implementations, the same values and gradients (tests/test_models.py):
+hand-written ones, chosen by measurements on a 2-core CPU, and XLA's own, which XLA can
+fuse and which support forward mode (``jax.jvp``):
+
+* ``lrn_impl``: 'custom', a hand-written gradient (``jax.custom_vjp``), or 'xla', autodiff
+  of the same formula;
+* ``pool_impl``: 'custom', a hand-written gradient of the max pool, or 'xla', flax's
+  ``nn.max_pool`` (``reduce_window``, differentiated into ``select_and_scatter_add``);
+* ``group_impl``: 'split', two convolutions, or 'feature_group', one grouped convolution.
+
+Each is 'auto' by default: ``IMPLS`` by the backend (``implementations``), from
+``python -m benchmarks.paths`` (benchmarks/NOTES.md, item 14). The 'custom' paths support
+reverse mode (``jax.grad``, ``jax.vjp``) only.
 """
 
 import functools
@@ -44,8 +53,37 @@ WIDTHS = {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256,
 
 INITS = ('paper', 'original_code', 'bvlc', 'he')
 
+# The values of the implementation fields; 'auto' chooses by backend from IMPLS.
+LRN_IMPLS = ('auto', 'custom', 'xla')
+POOL_IMPLS = ('auto', 'custom', 'xla')
+GROUP_IMPLS = ('auto', 'split', 'feature_group')
 
-def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1):
+# XLA's own ops: LRN and max pool by autodiff, the grouped convolution.
+XLA_IMPLS = {'lrn_impl': 'xla', 'pool_impl': 'xla', 'group_impl': 'feature_group'}
+# 'auto' by backend. CPU: the faster in the training step on a 2-core CPU (benchmarks/
+# NOTES.md, item 14: LRN by autodiff as fast or faster, our max-pool gradient 2-8%
+# faster, two convolutions 3x faster than one grouped). Other backends (GPU, TPU): XLA's
+# own ops, the conventional choice that lets XLA fuse; not measured.
+IMPLS = {
+    'cpu': {'lrn_impl': 'xla', 'pool_impl': 'custom', 'group_impl': 'split'},
+}
+
+
+def implementations(lrn_impl='auto', pool_impl='auto', group_impl='auto', backend=None):
+  """{'lrn_impl', 'pool_impl', 'group_impl'} with each 'auto' replaced by IMPLS[backend].
+
+  backend: 'cpu', 'gpu', 'tpu', ...; None is ``jax.default_backend()``, the backend that
+  jit compiles for unless told otherwise.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  auto = IMPLS.get(backend, XLA_IMPLS)
+  chosen = {'lrn_impl': lrn_impl, 'pool_impl': pool_impl, 'group_impl': group_impl}
+  return {field: auto[field] if value == 'auto' else value
+          for field, value in chosen.items()}
+
+
+def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1,
+                        impl='custom'):
   """Local response normalisation across channels (paper Section 3.3).
 
   y_i = x_i * (k + alpha / size * sum_{j in window(i)} x_j^2) ** -beta, the window of
@@ -53,17 +91,19 @@ def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1):
   in the original code's, Caffe's and PyTorch's convention (divided by ``size``); the
   paper's text read literally is ``alpha = 5e-4`` for size 5.
 
-  The gradient is written by hand (``_lrn``): autodiff of this formula is ~5x slower on
-  XLA:CPU (benchmarks/NOTES.md). Reverse mode only: no ``jax.jvp`` through it.
-
   Args:
     x: [..., channels].
     groups: the channel axis is split into this many equal groups (the columns) and the
       window never crosses a group's ends, as in the original code.
+    impl: 'custom', the gradient written by hand (``_lrn``; reverse mode only), or
+      'xla', autodiff of the same formula (``_lrn_formula``). The hand-written gradient
+      was ~5x faster than autodiff of an earlier formula (shifted slices and ``pow``;
+      benchmarks/NOTES.md item 1); autodiff of this one is as fast (item 14).
   Returns:
     Same shape and dtype as x; the normaliser is computed in float32.
   """
-  return _lrn(x, size, float(k), float(alpha), float(beta), groups)
+  lrn = _lrn if impl == 'custom' else _lrn_formula
+  return lrn(x, size, float(k), float(alpha), float(beta), groups)
 
 
 def _channel_window_sum(v, size, groups, transpose=False):
@@ -97,12 +137,15 @@ def _lrn_denominator(x, size, k, alpha, beta, groups):
   return s, _power(s, beta)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
-def _lrn(x, size, k, alpha, beta, groups):
+def _lrn_formula(x, size, k, alpha, beta, groups):
   # A division, not a multiplication by s ** -beta: XLA:CPU then materialises the output
   # instead of recomputing it inside each consumer (the pool and its four users).
   _, d = _lrn_denominator(x, size, k, alpha, beta, groups)
   return (x.astype(jnp.float32) / d).astype(x.dtype)
+
+
+# The same values; the gradient below.
+_lrn = jax.custom_vjp(_lrn_formula, nondiff_argnums=(1, 2, 3, 4, 5))
 
 
 def _lrn_fwd(x, size, k, alpha, beta, groups):
@@ -132,23 +175,30 @@ def _pool_windows(x, window, stride):
                             (1, stride, stride, 1))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def max_pool(x, window, stride):
-  """'VALID' max pooling of x [b, h, w, c]; the same values and gradient as nn.max_pool.
+def max_pool(x, window, stride, impl='custom'):
+  """'VALID' max pooling of x [b, h, w, c] -> [b, (h - window) // stride + 1, ..., c].
 
-  The forward pass is XLA's reduce_window, which XLA materialises once (a max of strided
-  slices was recomputed inside each consumer: conv2's column splits and kernel-gradient
-  transposes). The gradient goes to the first maximum of each window in row-major order,
-  as XLA's select_and_scatter and PyTorch route it, but is built from slices and pads:
-  XLA:CPU's select_and_scatter (autodiff of reduce_window) is 2-10x slower
-  (benchmarks/NOTES.md).
+  impl 'xla' is flax's ``nn.max_pool``: XLA's reduce_window, differentiated into
+  select_and_scatter_add. impl 'custom' has the same values and gradient (the first
+  maximum of each window in row-major order takes it, as select_and_scatter and PyTorch
+  route it), with the gradient built from slices and pads: XLA:CPU's select_and_scatter
+  was 2-10x slower (benchmarks/NOTES.md, item 2). Reverse mode only.
   """
+  if impl == 'xla':
+    return nn.max_pool(x, (window, window), (stride, stride), 'VALID')
+  return _max_pool(x, window, stride)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x, window, stride):
+  # XLA's reduce_window, which XLA materialises once (a max of strided slices was
+  # recomputed inside each consumer: conv2's column splits and kernel-gradient transposes).
   return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, window, window, 1),
                            (1, stride, stride, 1), 'VALID')
 
 
 def _max_pool_fwd(x, window, stride):
-  out = max_pool(x, window, stride)
+  out = _max_pool(x, window, stride)
   return out, (x, out)
 
 
@@ -186,7 +236,7 @@ def _max_pool_bwd(window, stride, res, g):
   return (dx,)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def spatial_norm(x, *, size=5, scale=4e-5, power=0.75):
@@ -304,10 +354,14 @@ class AlexNet(nn.Module):
   # True: the LRN window runs over all channels of the layer, across the two columns, as
   # Caffe's bvlc_alexnet; False: inside each column, as the original code.
   lrn_across_columns: bool = False
-  group_impl: str = 'split'
+  # How LRN, max pooling and the column-local convolutions are computed (module
+  # docstring); 'auto': by backend, `implementations`.
+  lrn_impl: str = 'auto'
+  pool_impl: str = 'auto'
+  group_impl: str = 'auto'
   dtype: str = 'float32'  # Compute dtype; parameters are always float32.
   # Set by the model-parallel step, never by configs: the shard_map axes this call runs
-  # under. Parameters then hold the local column(s) and dropout masks are the global ones.
+  # under. Parameters then hold the local column(s), dropout masks the local shard's.
   model_axis: str | None = None
   data_axis: str | None = None
 
@@ -318,11 +372,12 @@ class AlexNet(nn.Module):
     groups = self.columns // shards  # Columns computed on this device.
     dtype = jnp.dtype(self.dtype)
     pad1 = {'paper': ((0, 3), (0, 3)), 'valid': 'VALID'}[self.conv1_padding]
+    impl = implementations(self.lrn_impl, self.pool_impl, self.group_impl)
 
     def conv(name, x, kernel_size, stride=1, padding='SAME', groups=1):
       kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
       return Conv(WIDTHS[name] // shards, kernel_size, stride, padding, groups,
-                  self.group_impl, kernel_init, bias_init, dtype, name=name)(x)
+                  impl['group_impl'], kernel_init, bias_init, dtype, name=name)(x)
 
     def dense(name, x, features):
       kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
@@ -339,7 +394,8 @@ class AlexNet(nn.Module):
       if not self.lrn:
         return x
       norm = functools.partial(local_response_norm, size=self.lrn_size, k=self.lrn_k,
-                               alpha=self.lrn_alpha, beta=self.lrn_beta)
+                               alpha=self.lrn_alpha, beta=self.lrn_beta,
+                               impl=impl['lrn_impl'])
       if not self.lrn_across_columns:
         return norm(x, groups=groups)
       if shards == 1:
@@ -352,7 +408,7 @@ class AlexNet(nn.Module):
                                       lax.axis_index(self.model_axis) * c, c, axis=x.ndim - 1)
 
     def pool(x):
-      return max_pool(x, self.pool_window, self.pool_stride)
+      return max_pool(x, self.pool_window, self.pool_stride, impl['pool_impl'])
 
     feats = {}
     x = x.astype(dtype)
@@ -386,21 +442,30 @@ class AlexNet(nn.Module):
     return feats if return_features else x
 
   def dropout(self, x, train):
-    """Inverted dropout on [batch, units] with the mask of the whole global batch.
+    """Inverted dropout on x [batch, units]; each device draws the mask of its shard only.
 
-    The mask is drawn for the global [batch, units] block from the one 'dropout' key and
-    each device keeps its own slice, so masks differ per device and per step yet are the
-    same whatever the mesh: a model=2 or data=2 run equals the one-device run.
-    (The original code scales by 0.5 at test time instead; equal in expectation.)
+    The mask of one example and one column is drawn from the 'dropout' key folded with
+    the example's row in the global batch and the column's index: units / columns
+    Bernoulli draws (2048 for fc6 and fc7). A device holding rows data_index * b ...
+    and columns model_index * c ... draws b x c of these blocks, b x units bits: its
+    share of the batch and of the units (at data=64 a 64th of the global mask, not all
+    of it). The mask of each (example, column) depends only on the key and those two
+    indices, never on the mesh, so a model=2 or data=2 run equals the one-device run
+    (tests/test_train.py). (The original code scales by 0.5 at test time instead; equal
+    in expectation.)
     """
     if not train or self.dropout_rate == 0.0:
       return x
-    rows, cols = axis_size(self.data_axis), axis_size(self.model_axis)
     b, u = x.shape
-    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
-                                (b * rows, u * cols))
-    if rows * cols > 1:
-      row = 0 if self.data_axis is None else lax.axis_index(self.data_axis)
-      col = 0 if self.model_axis is None else lax.axis_index(self.model_axis)
-      keep = lax.dynamic_slice(keep, (row * b, col * u), (b, u))
+    groups = self.columns // axis_size(self.model_axis)  # Columns on this device.
+    row0 = 0 if self.data_axis is None else lax.axis_index(self.data_axis) * b
+    col0 = 0 if self.model_axis is None else lax.axis_index(self.model_axis) * groups
+    key = self.make_rng('dropout')
+
+    def block(row, col):  # [units // groups]: one example's units of one column.
+      k = jax.random.fold_in(jax.random.fold_in(key, row), col)
+      return jax.random.bernoulli(k, 1.0 - self.dropout_rate, (u // groups,))
+
+    keep = jax.vmap(jax.vmap(block, (None, 0)), (0, None))(
+        row0 + jnp.arange(b), col0 + jnp.arange(groups)).reshape(b, u)
     return jnp.where(keep, x / (1.0 - self.dropout_rate), 0).astype(x.dtype)

@@ -17,8 +17,9 @@ device. Both get random non-zero data.
 from benchmarks import common
 
 
-def jax_runner(args, batch, rng):
-  """(run one step, wait, devices used) for alexnet_jax's training step."""
+def jax_runner(args, batch, rng, **model):
+  """(run one step, wait, devices used) for alexnet_jax's training step; `model`: fields
+  of config.model to set (benchmarks/paths.py)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -29,6 +30,7 @@ def jax_runner(args, batch, rng):
   config.batch_size = batch
   config.data.image_size = args.image_size
   config.mesh.model, config.mesh.data = args.mesh_model, -1
+  config.model.update(model)
   mesh = train.create_mesh(config.mesh)
   model = models.AlexNet(**config.model)
   tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 1000))

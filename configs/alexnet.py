@@ -62,7 +62,11 @@ def get_config(arg=''):
   config.model.spatial_norm = False  # Code: True (5x5 norm after LRN2; not in the paper).
   config.model.conv1_padding = 'paper'  # 224 input padded (0, 3); 'valid' = Caffe's 227.
   config.model.lrn_across_columns = False  # LRN window inside a column (code); Caffe: True.
-  config.model.group_impl = 'split'  # Column-local convs as two convs; 'feature_group'.
+  # How LRN, max pooling and the column-local convolutions are computed: the same values
+  # and gradients. 'auto': by backend (alexnet_jax.models.IMPLS; README "Switches").
+  config.model.lrn_impl = 'auto'  # 'custom': hand-written gradient; 'xla': autodiff.
+  config.model.pool_impl = 'auto'  # 'custom': hand-written gradient; 'xla': nn.max_pool.
+  config.model.group_impl = 'auto'  # 'split': two convs; 'feature_group': one grouped.
   config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
 
   # --- Data ----------------------------------------------------------------------------

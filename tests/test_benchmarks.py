@@ -1,9 +1,10 @@
 """The benchmarks run and report; the speed-ups they led to compute the same gradients.
 
-benchmarks/train_step.py, benchmarks/forward.py and benchmarks/end_to_end.py run in --fast
-mode (tiny batches, one timed step per repeat) as the README's commands run them, and must
-write JSON with positive finite throughputs. The speed-ups in models.py (hand-written gradients for LRN and max
-pooling) are checked against PyTorch's autograd, an independent implementation.
+benchmarks/train_step.py, benchmarks/forward.py, benchmarks/paths.py and
+benchmarks/end_to_end.py run in --fast mode (tiny batches, one timed step per repeat) as
+the README's commands run them, and must write JSON with positive finite throughputs. Both
+implementations of LRN and max pooling in models.py (hand-written gradients and XLA's
+autodiff) are checked against PyTorch's autograd, an independent implementation.
 """
 
 import json
@@ -84,6 +85,26 @@ def test_end_to_end_fast_mode_writes_results(tmp_path):
   assert 'step alone img/s' in proc.stdout
 
 
+def test_paths_benchmark_times_each_setting_against_ours(tmp_path):
+  """benchmarks/paths.py (the A/B behind models.IMPLS) in --fast mode, two settings."""
+  out = tmp_path / 'paths.json'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.paths', '--fast', '--image_size', '67',
+       '--variants', 'custom,xla', '--out', str(out)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [(r['variant'], r['lrn_impl'], r['pool_impl'], r['group_impl']) for r in rows] == [
+      ('custom', 'custom', 'custom', 'split'), ('xla', 'xla', 'xla', 'feature_group')]
+  assert rows[0]['ratio_to_custom'] == 1.0
+  for r in rows:
+    assert len(r['repeats']) == 2 and all(v > 0 and math.isfinite(v) for v in r['repeats'])
+    assert r['img_per_s'] == pytest.approx(float(np.median(r['repeats'])))
+  assert rows[1]['ratio_to_custom'] == pytest.approx(
+      float(np.median([x / c for x, c in zip(rows[1]['repeats'], rows[0]['repeats'])])))
+
+
 # --- The speed-ups compute the same gradients as PyTorch's autograd -------------------
 
 
@@ -95,14 +116,15 @@ def nhwc(t):
   return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
+@pytest.mark.parametrize('impl', ['custom', 'xla'])
 @pytest.mark.parametrize('size,beta,groups', [(5, 0.75, 2), (5, 0.75, 1), (4, 0.6, 2)])
-def test_lrn_gradient_matches_pytorch(size, beta, groups):
+def test_lrn_gradient_matches_pytorch(size, beta, groups, impl):
   rng = np.random.default_rng(0)
   # After a ReLU, and large enough that the cross-channel term is ~20% of the gradient.
   x = np.maximum(rng.normal(0, 100, (2, 5, 6, 16)), 0).astype(np.float32)
   ct = rng.normal(size=x.shape).astype(np.float32)
   lrn = lambda v: models.local_response_norm(v, size=size, k=2.0, alpha=1e-4, beta=beta,
-                                             groups=groups)
+                                             groups=groups, impl=impl)
   y, vjp = jax.vjp(lrn, jnp.asarray(x))
   (dx,) = vjp(jnp.asarray(ct))
 
@@ -113,14 +135,15 @@ def test_lrn_gradient_matches_pytorch(size, beta, groups):
   np.testing.assert_allclose(dx, nhwc(tx.grad), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('impl', ['custom', 'xla'])
 @pytest.mark.parametrize('window,stride,shape', [
     (3, 2, (2, 13, 13, 4)), (3, 2, (2, 12, 11, 4)), (2, 2, (2, 8, 9, 4)),
     (3, 3, (1, 10, 10, 2))])
-def test_max_pool_gradient_matches_pytorch_with_ties(window, stride, shape):
+def test_max_pool_gradient_matches_pytorch_with_ties(window, stride, shape, impl):
   """Integer inputs tie often; the gradient must go to the first maximum, as PyTorch's."""
   rng = np.random.default_rng(1)
   x = rng.integers(0, 3, shape).astype(np.float32)
-  pool = lambda v: models.max_pool(v, window, stride)
+  pool = lambda v: models.max_pool(v, window, stride, impl)
   y = pool(jnp.asarray(x))
   ct = rng.normal(size=y.shape).astype(np.float32)
   (dx,) = jax.vjp(pool, jnp.asarray(x))[1](jnp.asarray(ct))

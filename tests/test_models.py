@@ -4,6 +4,7 @@ The PyTorch oracle is tests/torch_alexnet.py, written independently of models.py
 parity tests copy our parameters into it and compare logits.
 """
 
+import collections
 import functools
 import math
 
@@ -261,14 +262,129 @@ def test_initialisation(scheme, request):
 # --- Ways of computing the same network ----------------------------------------------
 
 
-def test_group_impl_split_equals_feature_group():
+# Our hand-written paths, chosen on a 2-core CPU; XLA's own ops are models.XLA_IMPLS.
+OURS = {'lrn_impl': 'custom', 'pool_impl': 'custom', 'group_impl': 'split'}
+
+
+def test_implementations_by_backend():
+  """'auto' is the measured choice on CPU and XLA's own ops elsewhere; a value set wins."""
+  assert models.implementations(backend='cpu') == models.IMPLS['cpu']
+  assert models.implementations(backend='gpu') == models.XLA_IMPLS
+  assert models.implementations(backend='tpu') == models.XLA_IMPLS
+  assert models.implementations('xla', backend='cpu')['lrn_impl'] == 'xla'
+  assert models.implementations(group_impl='split', backend='gpu')['group_impl'] == 'split'
+  assert models.implementations() == models.IMPLS[jax.default_backend()]
+
+
+@pytest.mark.parametrize('size,beta,groups', [(5, 0.75, 2), (5, 0.75, 1), (4, 0.6, 2)])
+def test_lrn_impls_equal_in_values_and_gradients(size, beta, groups):
+  x = large_activations((2, 5, 6, 16), seed=6)
+  ct = np.random.default_rng(7).normal(size=x.shape).astype(np.float32)
+  out = {}
+  for impl in ('custom', 'xla'):
+    lrn = functools.partial(models.local_response_norm, size=size, k=K, alpha=ALPHA,
+                            beta=beta, groups=groups, impl=impl)
+    y, vjp = jax.vjp(lrn, jnp.asarray(x))
+    out[impl] = (y, vjp(jnp.asarray(ct))[0])
+  np.testing.assert_array_equal(out['xla'][0], out['custom'][0])  # The same formula.
+  np.testing.assert_allclose(out['xla'][1], out['custom'][1], rtol=1e-5, atol=1e-7)
+  # The cross-channel term of the gradient is large enough to show.
+  assert rel_err(out['custom'][1], ct / lrn_normaliser(x, np.asarray(out['custom'][0]),
+                                                       beta) ** beta) > 0.05
+
+
+@pytest.mark.parametrize('window,stride,shape', [
+    (3, 2, (2, 13, 13, 4)), (3, 2, (2, 12, 11, 4)), (2, 2, (2, 8, 9, 4)),
+    (3, 3, (1, 10, 10, 2))])
+def test_max_pool_impls_equal_with_ties(window, stride, shape):
+  """Integer inputs tie in most windows; both send the gradient to the first maximum."""
+  rng = np.random.default_rng(8)
+  x = jnp.asarray(rng.integers(0, 3, shape).astype(np.float32))
+  pool = {impl: functools.partial(models.max_pool, window=window, stride=stride, impl=impl)
+          for impl in ('custom', 'xla')}
+  y, vjp = jax.vjp(pool['custom'], x)
+  ct = jnp.asarray(rng.normal(size=y.shape).astype(np.float32))
+  y_xla, vjp_xla = jax.vjp(pool['xla'], x)
+  np.testing.assert_array_equal(y_xla, y)
+  np.testing.assert_allclose(vjp_xla(ct)[0], vjp(ct)[0], rtol=1e-6, atol=1e-6)
+  # Many windows hold their maximum more than once: the choice among ties is tested.
+  ho, wo = y.shape[1:3]
+  taps = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+          for i in range(window) for j in range(window)]
+  assert np.mean(sum(t == y for t in taps) > 1) > 0.25
+
+
+def random_params_for(size):
+  """random_params() with fc6's rows cut to the pool5 of a `size` x `size` input."""
+  feats, _ = abstract_init(models.AlexNet(num_classes=10), size)
+  rows = math.prod(feats['pool5'].shape[1:])
   params = random_params()
-  x = images(2)
-  split = jax_forward(models.AlexNet(num_classes=10), params, x, return_features=True)
-  grouped = jax_forward(models.AlexNet(num_classes=10, group_impl='feature_group'),
-                        params, x, return_features=True)
+  fc6 = params['fc6']['kernel'][:rows] * math.sqrt(9216 / rows)  # He-scaled for `rows`.
+  return {**params, 'fc6': {'kernel': fc6, 'bias': params['fc6']['bias']}}
+
+
+@pytest.mark.parametrize('switch', [{'lrn_impl': 'xla'}, {'pool_impl': 'xla'},
+                                    {'group_impl': 'feature_group'}, models.XLA_IMPLS])
+def test_xla_ops_equal_ours_in_values_and_gradients(switch):
+  """Every named activation, and the gradient of the loss for the input and for every
+  parameter, with one op (or all) computed by XLA's own version instead of ours."""
+  size = 99  # conv1 23 x 23 -> pool5 2 x 2: every layer, a fifth of 224's FLOPs.
+  x = jnp.asarray(images(2, size))
+  labels = jnp.array([3, 7])
+  params = jax.tree.map(jnp.asarray, random_params_for(size))
+
+  def run(impls):
+    model = models.AlexNet(num_classes=10, **impls)
+
+    def loss(params, x):
+      feats = model.apply({'params': params}, x, train=False, return_features=True)
+      return -jax.nn.log_softmax(feats['logits'])[jnp.arange(2), labels].mean(), feats
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+  (our_grads, our_feats), (grads, feats) = run(OURS), run({**OURS, **switch})
+  # Measured on CPU: activations equal, gradients within 5e-7.
   for name in models.LAYERS:
-    assert rel_err(grouped[name], split[name]) < 1e-5, name
+    assert rel_err(feats[name], our_feats[name]) < 2e-6, name
+  assert rel_err(grads[1], our_grads[1]) < 2e-6, 'input'
+  for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(our_grads[0]),
+                               jax.tree.leaves(grads[0])):
+    assert rel_err(got, want) < 2e-6, jax.tree_util.keystr(path)
+
+
+def primitive_counts(jaxpr):
+  """{primitive name: count} over a jaxpr and the jaxprs inside it; convolutions with
+  feature_group_count=2 counted as 'grouped_conv' too."""
+  counts = collections.Counter()
+  for eqn in jaxpr.eqns:
+    counts[eqn.primitive.name] += 1
+    if eqn.params.get('feature_group_count', 1) > 1:
+      counts['grouped_conv'] += 1
+  for sub in jax.extend.core.subjaxprs(jaxpr):
+    counts += primitive_counts(sub)
+  return counts
+
+
+@pytest.mark.parametrize('switch,want', [
+    ({}, {'custom_vjp_call': 5, 'select_and_scatter_add': 0, 'grouped_conv': 0}),
+    ({'lrn_impl': 'xla'}, {'custom_vjp_call': 3, 'select_and_scatter_add': 0,
+                           'grouped_conv': 0}),
+    ({'pool_impl': 'xla'}, {'custom_vjp_call': 2, 'select_and_scatter_add': 3,
+                            'grouped_conv': 0}),
+    ({'group_impl': 'feature_group'}, {'custom_vjp_call': 5, 'select_and_scatter_add': 0,
+                                       'grouped_conv': 6}),
+    (models.XLA_IMPLS, {'custom_vjp_call': 0, 'select_and_scatter_add': 3,
+                        'grouped_conv': 6}),
+])
+def test_the_switches_choose_the_ops(switch, want):
+  """The gradient's program holds our gradients (custom_vjp: 2 LRNs, 3 pools) or XLA's
+  ops (select_and_scatter_add, grouped convolutions for conv2, conv4, conv5), as asked."""
+  model = models.AlexNet(num_classes=10, **{**OURS, **switch})
+  x = jnp.asarray(images(1, 67))
+  params = abstract_init(model, 67)[1]
+  loss = lambda p: model.apply(p, x, train=False).sum()
+  counts = primitive_counts(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  assert {name: counts[name] for name in want} == want
 
 
 def test_bfloat16_compute():
@@ -390,6 +506,8 @@ def test_unknown_preset():
     ({'init_scheme': 'xavier'}, r"model\.init_scheme='xavier'.*'paper'"),
     ({'conv1_padding': 'same'}, r"model\.conv1_padding='same'.*'valid'"),
     ({'group_impl': 'loop'}, r"model\.group_impl='loop'.*'split'"),
+    ({'lrn_impl': 'fast'}, r"model\.lrn_impl='fast'.*'custom'"),
+    ({'pool_impl': 'reduce_window'}, r"model\.pool_impl='reduce_window'.*'xla'"),
 ])
 def test_bad_model_values(kwargs, message):
   config = alexnet.get_config()

@@ -76,6 +76,33 @@ def test_mesh_equals_one_device(one_device, data, model_size):
   assert result['step'] == 2
 
 
+def jaxpr_ops(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs inside it (shard_map, jit, cond)."""
+  yield from jaxpr.eqns
+  for sub in jax.extend.core.subjaxprs(jaxpr):
+    yield from jaxpr_ops(sub)
+
+
+@pytest.mark.parametrize('data,model_size', [(1, 1), (2, 2)])
+def test_each_device_draws_the_dropout_bits_of_its_shard_only(data, model_size):
+  """The per-device step draws, for fc6 and for fc7, the mask of its own examples and
+  units: [8 / data examples, 2 / model columns, 2048 units], a (data x model)-th of the
+  global [8, 4096] mask; the mesh tests above show the masks are the same on every mesh.
+  """
+  config = small_config()
+  mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
+                           jax.devices()[:data * model_size])
+  model = models.AlexNet(**config.model)
+  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 100))
+  state = train.create_train_state(config, model, tx, mesh)
+  step = train.make_train_step(config, model, mesh, state,
+                               jnp.asarray(preprocessing.CHANNEL_MEAN))
+  jaxpr = step.trace(state, train.global_batch(mesh, random_batches(1)[0])).jaxpr.jaxpr
+  draws = [eqn.outvars[0].aval.shape for eqn in jaxpr_ops(jaxpr)
+           if eqn.primitive.name == 'random_bits']
+  assert draws == [(8 // data, 2 // model_size, 2048)] * 2
+
+
 def test_caffes_lrn_across_columns_on_model2_equals_one_device():
   """The LRN window crosses the two devices' columns (gathered): the same step."""
   config = small_config(lrn_k=1.0, lrn_across_columns=True)

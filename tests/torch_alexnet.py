@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Fields of models.AlexNet that this module implements; the rest (group_impl, dtype,
-# model_axis, data_axis) are about how JAX runs the network, not what it computes.
+# Fields of models.AlexNet that this module implements; the rest (lrn_impl, pool_impl,
+# group_impl, dtype, model_axis, data_axis) are about how JAX runs the network, not what
+# it computes.
 FIELDS = ('num_classes', 'columns', 'lrn', 'lrn_size', 'lrn_k', 'lrn_alpha', 'lrn_beta',
           'pool_window', 'pool_stride', 'dropout_rate', 'init_scheme', 'lrn1_before_relu',
           'spatial_norm', 'conv1_padding', 'lrn_across_columns')
