@@ -1,7 +1,8 @@
 """What a user of the command-line tools sees: our own log lines, one clear error.
 
 The entry points (main, features, evaluate, predict, convert) run their main through
-`app_main` and define `--library_logs` with `define_flags`. By
+`app_main` and define `--library_logs` and `--cpu_settings` with `define_flags`;
+`app_main` applies alexnet_jax.cpu_settings before main runs. By
 default the console shows every line this project logs and only the errors of the
 libraries under it (JAX, orbax, TensorFlow), without their tracebacks: a 300-step run
 logged 123 lines of orbax INFO among 153. `--library_logs` shows everything.
@@ -16,6 +17,8 @@ import traceback
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
+
+from alexnet_jax import cpu_settings
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,13 +80,17 @@ def run(fn, *args, **kwargs):
 def define_flags():
   flags.DEFINE_bool('library_logs', False, 'Also show the INFO and WARNING lines of JAX, '
                     'orbax and TensorFlow (by default only their errors).')
+  flags.DEFINE_bool('cpu_settings', True, 'On a CPU backend, apply the settings measured '
+                    'to speed up training there (alexnet_jax/cpu_settings.py).')
 
 
 def app_main(main):
-  """An entry point's main(argv) for absl's app.run: quiet library logs, one clear error."""
+  """An entry point's main(argv) for absl's app.run: quiet library logs, the CPU settings
+  (before any JAX computation), one clear error."""
 
   def run_main(argv):
     setup(flags.FLAGS.library_logs)
+    cpu_settings.apply(flags.FLAGS.cpu_settings)
     return run(main, argv)
 
   return run_main

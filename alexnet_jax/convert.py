@@ -39,7 +39,6 @@ from alexnet_jax import checkpointing
 from alexnet_jax import console
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
-from alexnet_jax import optimizer
 from alexnet_jax import train
 
 CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
@@ -220,10 +219,8 @@ def write_workdir(params, config, out, mean=None):
   # of the state, so any steps_per_epoch gives the state training builds.
   mesh = train.create_mesh(ml_collections.ConfigDict({'model': 1, 'data': 1}),
                            jax.devices()[:1])
-  model = models.AlexNet(**config.model)
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 1))
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  state = train.create_train_state(config, model, tx, mesh, params)
+  _, state = train.initial_state(config, mesh, params=params)
   checkpointing.check_space(out, state)
   manager = checkpointing.create_manager(out, config.keep_checkpoints)
   checkpointing.save(manager, 0, state, config)

@@ -1,18 +1,20 @@
 """Training: the train state, the model-parallel steps under shard_map, and the loop.
 
 The mesh has axes ('data', 'model'). With model=2 each device holds one column of every
-layer, as the paper's two GPUs did (Section 3.2): every parameter, and every optimizer
-state leaf shaped like one, is split on its last axis (`partition_spec`, the one place the
-layout is declared). The batch is split over 'data' and replicated over 'model'.
+layer, as the paper's two GPUs did (Section 3.2). The layout is declared once, by
+parameter name (`PARAM_LAYOUT`); the optimizer state's follows the parameters'. The batch
+is split over 'data' and replicated over 'model'. `setup` assembles model, state and steps
+from a config for training, the benchmarks and the tests alike.
 """
 
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 from flax.training import train_state
@@ -83,13 +85,38 @@ def create_mesh(mesh_config, devices=None, columns=2):
                        devices=devices)
 
 
-def partition_spec(leaf):
-  """Every array with a last axis is split on it over 'model'; scalars are replicated."""
-  return P() if np.ndim(leaf) == 0 else P(*(None,) * (np.ndim(leaf) - 1), 'model')
+# The parameters' layout, as rules over their 'layer/name' paths (big_vision's way): the
+# first pattern that matches names the mesh axis of the parameter's last dimension. Every
+# layer's output channels, kernels and biases alike, are split over 'model': a column per
+# device (Section 3.2; fc8's 1000 outputs too, as each GPU computed half of them).
+PARAM_LAYOUT = (
+    (r'(conv[1-5]|fc[6-8])/(kernel|bias)', 'model'),
+)
+
+
+def param_specs(params):
+  """PartitionSpecs for `params` from PARAM_LAYOUT; a parameter no rule names is an error."""
+  def spec(path, leaf):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    for pattern, axis in PARAM_LAYOUT:
+      if re.fullmatch(pattern, name):
+        return P(*(None,) * (np.ndim(leaf) - 1), axis)
+    raise ValueError(f'No rule in train.PARAM_LAYOUT places parameter {name} (shape '
+                     f'{np.shape(leaf)}) on the mesh; add one for it.')
+  return jax.tree_util.tree_map_with_path(spec, params)
 
 
 def state_specs(state):
-  return jax.tree.map(partition_spec, state)
+  """The train state's layout: the parameters' (param_specs); the optimizer state's parts
+  shaped like the parameters (the momentum) alike (optax.tree_map_params); the rest
+  (step, counts, hyperparameters, the plateau schedule) replicated."""
+  params = param_specs(state.params)
+  replicated = lambda _: P()
+  opt_state = optax.tree_map_params(state.tx, lambda _, spec: spec, state.opt_state, params,
+                                    transform_non_params=replicated,
+                                    is_leaf=lambda x: isinstance(x, P))
+  return state.replace(step=P(), params=params, opt_state=opt_state,
+                       plateau_state=jax.tree.map(replicated, state.plateau_state))
 
 
 def _shardings(mesh, specs):
@@ -140,6 +167,36 @@ def create_train_state(config, model, tx, mesh, params=None):
 
   abstract = jax.eval_shape(init, params)
   return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))(params)
+
+
+def initial_state(config, mesh, steps_per_epoch=1, params=None):
+  """(model, state): the network of config.model and its train state on `mesh`, from
+  config.seed or `params`. steps_per_epoch sets the learning-rate schedule, which is not
+  part of the state's layout: any value gives a state a checkpoint restores into."""
+  model = models.AlexNet(**config.model)
+  tx = optimizer.create_optimizer(
+      config, optimizer.create_learning_rate_fn(config, steps_per_epoch))
+  return model, create_train_state(config, model, tx, mesh, params)
+
+
+class Setup(NamedTuple):
+  model: models.AlexNet
+  state: TrainState
+  train_step: Callable  # (state, global batch) -> (state, metrics)
+  eval_step: Callable  # (params, global batch) -> summed counts
+
+
+def setup(config, mesh, steps_per_epoch=1, mean=None, params=None):
+  """The model, its initial state and the jitted steps for `config` on `mesh`: the one
+  assembly that training, the benchmarks and the tests share. mean: what the steps
+  subtract (input_pipeline.mean's by default)."""
+  model, state = initial_state(config, mesh, steps_per_epoch, params)
+  if mean is None:
+    mean = input_pipeline.mean(config.data, config.data.image_size)
+  mean = jnp.asarray(mean)
+  return Setup(model, state, make_train_step(config, model, mesh, state, mean),
+               make_eval_step(model, mesh, state.params, mean, config.data.std,
+                              config.data.channel_order))
 
 
 def cross_entropy(logits, labels):
@@ -237,7 +294,7 @@ def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
     return jax.tree.map(lambda x: lax.pmean(lax.psum(x.sum(), over_data), over_model), sums)
 
   batch_specs = {'image': P('data'), 'label': P('data'), 'mask': P('data')}
-  per_device = _per_device(step, mesh, axes, (state_specs(params), batch_specs), P())
+  per_device = _per_device(step, mesh, axes, (param_specs(params), batch_specs), P())
   return jax.jit(per_device, out_shardings=NamedSharding(mesh, P()))
 
 
@@ -312,7 +369,11 @@ def _truncate_history(path, step):
 class MetricsWriter:
   """Writes scalars to `metrics.jsonl` (one JSON object a line) and TensorBoard.
 
-  Opened at `start_step` (a resume), it first drops the lines past that step.
+  Opened at `start_step` (a resume), it first drops the lines past that step, so the file
+  holds one history. Not clu.metric_writers (flax examples' choice): clu has no JSON-lines
+  writer, and metrics.jsonl is what the experiments, the tests and a user's own scripts
+  read without TensorFlow; its MultiWriter of TensorBoard and logging would replace the
+  ten lines below with a dependency, and the resume's truncation would stay ours.
   """
 
   def __init__(self, workdir, start_step=0, enabled=True):
@@ -463,15 +524,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _train(config, workdir, mesh, num_train, preemption):
   """The loop of train_and_evaluate, once the checks have passed and the lock is held."""
-  model = models.AlexNet(**config.model)
   steps_per_epoch = num_train // config.batch_size
   total_steps = optimizer.total_steps(config, steps_per_epoch)
-  tx = optimizer.create_optimizer(
-      config, optimizer.create_learning_rate_fn(config, steps_per_epoch))
   plateau = optimizer.create_plateau(config)
-  mean = jnp.asarray(input_pipeline.mean(config.data, config.data.image_size))
-
-  state = create_train_state(config, model, tx, mesh)
+  _, state, train_step, eval_step = setup(config, mesh, steps_per_epoch)
   checkpointing.check_space(workdir, state)
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   state, evaluated = checkpointing.restore_latest(manager, state, config)
@@ -491,11 +547,8 @@ def _train(config, workdir, mesh, num_train, preemption):
       train=True, seed=config.seed, start_step=start_step,
       image_size=config.data.image_size, shard=data_shard(mesh))
   first = next(batches)
-  train_step, eval_step = compile_steps(
-      make_train_step(config, model, mesh, state, mean),
-      make_eval_step(model, mesh, state.params, mean, config.data.std,
-                     config.data.channel_order),
-      state, config, mesh, first, config.data.eval_views)
+  train_step, eval_step = compile_steps(train_step, eval_step, state, config, mesh, first,
+                                       config.data.eval_views)
   ocp.multihost.sync_global_processes('alexnet_jax: compiled', timeout=1800)
   progress = Progress(total_steps, start_step, steps_per_epoch, enabled=is_main)
   pending = None  # The previous step's metrics: read one step late, keeping the device busy.

@@ -64,6 +64,8 @@ def parser(description):
                  help='The peer in channels_last memory format.')
   p.add_argument('--fast', action='store_true',
                  help='A few small steps, to check that the benchmark runs (CI).')
+  p.add_argument('--cpu_settings', default=True, action=argparse.BooleanOptionalAction,
+                 help="On the CPU, alexnet_jax.cpu_settings (the peer's process too).")
   p.add_argument('--out', default=None, help='Write the results as JSON to this file.')
   p.add_argument('--append', action='store_true',
                  help='Add the rows to --out, replacing rows of the same batch, dtype and '
@@ -207,7 +209,7 @@ def measure(runners, batch, steps, repeats, log):
   """Interleaved timing. runners: {name: (run_one_step, wait_until_done)}.
 
   Returns ({name: [images/s of each repeat]}, {name: median page faults per step}): a
-  page fault is memory the step got fresh from the OS (alexnet_jax/__init__.py).
+  page fault is memory the step got fresh from the OS (alexnet_jax/cpu_settings.py).
   """
   rates = {name: [] for name in runners}
   faults = {name: [] for name in runners}
@@ -277,7 +279,8 @@ def run(args, name, jax_runner, peer_runner, flops_per_image, extra=None):
   compile_it) -> (run, wait, peak_bytes_fn, settings): each compiled and warmed up when
   returned; settings['peer_compiled'] says whether torch.compile worked.
   """
-  import alexnet_jax  # pylint: disable=unused-import  # CPU defaults, before JAX starts.
+  from alexnet_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  cpu_settings.apply(args.cpu_settings)  # Before JAX starts.
   import jax
   import numpy as np
 

@@ -37,6 +37,8 @@ def parse(argv=None):
   p.add_argument('--steps', type=int, default=None, help='Timed steps per repeat.')
   p.add_argument('--repeats', type=int, default=None, help='Repeats (median).')
   p.add_argument('--warmup', type=int, default=2, help='Steps after compiling, untimed.')
+  p.add_argument('--cpu_settings', default=True, action=argparse.BooleanOptionalAction,
+                 help='On the CPU, alexnet_jax.cpu_settings.')
   p.add_argument('--eval_batch', type=int, default=40, help='Global evaluation batch.')
   p.add_argument('--eval_batches', type=int, default=0,
                  help='Evaluation batches timed per repeat (0: the whole held-out split).')
@@ -54,8 +56,7 @@ def parse(argv=None):
 
 def setup(args, data):
   """(config, mesh, state, train step, eval step) for the paper's network on `data`."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import checks, input_pipeline, models, optimizer, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import checks, train  # pylint: disable=g-import-not-at-top
   from configs import alexnet  # pylint: disable=g-import-not-at-top
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -65,13 +66,7 @@ def setup(args, data):
   checks.validate(config)
   mesh = train.create_mesh(config.mesh, columns=config.model.columns)
   checks.validate_mesh(config, mesh)
-  model = models.AlexNet(**config.model)
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 1000))
-  state = train.create_train_state(config, model, tx, mesh)
-  mean = jnp.asarray(input_pipeline.mean(config.data, config.data.image_size))
-  train_step = train.make_train_step(config, model, mesh, state, mean)
-  eval_step = train.make_eval_step(model, mesh, state.params, mean, config.data.std,
-                                   config.data.channel_order)
+  _, state, train_step, eval_step = train.setup(config, mesh, 1000)
   return config, mesh, state, train_step, eval_step
 
 
@@ -157,7 +152,8 @@ def summary(rates):
 
 def main(argv=None):
   args = parse(argv)
-  import alexnet_jax  # pylint: disable=g-import-not-at-top,unused-import  # CPU defaults.
+  from alexnet_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  cpu_settings.apply(args.cpu_settings)  # Before JAX starts.
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import input_pipeline as ip_bench  # pylint: disable=g-import-not-at-top
 

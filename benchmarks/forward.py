@@ -20,7 +20,7 @@ def jax_runner(args, batch, rng):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from alexnet_jax import features, models, optimizer, preprocessing, train
+  from alexnet_jax import features, models, preprocessing, train
   from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -39,9 +39,8 @@ def jax_runner(args, batch, rng):
   else:
     config.mesh.model, config.mesh.data = args.mesh_model, -1
     mesh = train.create_mesh(config.mesh)
-    tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 1000))
-    params = train.create_train_state(config, model, tx, mesh).params
-    fn = train.make_eval_step(model, mesh, params, mean)
+    _, state, _, fn = train.setup(config, mesh, 1000, mean)
+    params = state.params
     data = train.global_batch(mesh, {
         'image': images, 'label': rng.integers(0, 1000, batch).astype(np.int32),
         'mask': np.ones(batch, bool)})

@@ -44,7 +44,8 @@ def main(argv=None):
                  help=f'Comma-separated settings to time, from {tuple(VARIANTS)}; the '
                  'first is the one the others are compared with.')
   args = common.parse(p, argv)  # Before JAX loads: --cpu_devices sets XLA_FLAGS.
-  import alexnet_jax  # pylint: disable=unused-import  # CPU defaults, before JAX starts.
+  from alexnet_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  cpu_settings.apply(args.cpu_settings)  # Before JAX starts.
   import jax
   import numpy as np
   from alexnet_jax import models

@@ -21,9 +21,8 @@ def jax_runner(args, batch, rng, **model):
   """(run one step, wait, devices used) for alexnet_jax's training step; `model`: fields
   of config.model to set (benchmarks/paths.py)."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
-  from alexnet_jax import models, optimizer, preprocessing, train
+  from alexnet_jax import preprocessing, train
   from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -32,11 +31,7 @@ def jax_runner(args, batch, rng, **model):
   config.mesh.model, config.mesh.data = args.mesh_model, -1
   config.model.update(model)
   mesh = train.create_mesh(config.mesh)
-  model = models.AlexNet(**config.model)
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 1000))
-  state = train.create_train_state(config, model, tx, mesh)
-  step = train.make_train_step(config, model, mesh, state,
-                               jnp.asarray(preprocessing.CHANNEL_MEAN))
+  _, state, step, _ = train.setup(config, mesh, 1000, preprocessing.CHANNEL_MEAN)
   size = args.image_size
   data = train.global_batch(mesh, {
       'image': rng.integers(1, 256, (batch, size, size, 3), dtype=np.uint8),

@@ -185,7 +185,9 @@ def report(results, base, seeds, overrides=None, note='', commit=None):
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cpu_settings  # pylint: disable=g-import-not-at-top
   del argv
+  cpu_settings.apply()  # Before the runs' first computation.
   f = flags.FLAGS
   base = config_flags.get_config_filename(f['config'])
   base = os.path.relpath(base, reproduction.REPO)

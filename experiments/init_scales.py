@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from alexnet_jax import cpu_settings
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import preprocessing
@@ -99,6 +100,7 @@ def format_table(name, result):
 
 def main(argv):
   del argv
+  cpu_settings.apply()
   images, labels = batch_of_photos(flags.FLAGS.batch)
   results = {}
   for name, overrides in INITS.items():

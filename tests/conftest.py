@@ -10,8 +10,11 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import alexnet_jax  # pylint: disable=g-import-not-at-top,unused-import  # CPU defaults first.
 import pytest  # pylint: disable=g-import-not-at-top
+
+from alexnet_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+
+cpu_settings.apply()  # The tests' own computations run as the tools' do.
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

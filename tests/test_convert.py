@@ -30,7 +30,6 @@ from alexnet_jax import evaluate
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
-from alexnet_jax import optimizer
 from alexnet_jax import predict
 from alexnet_jax import preprocessing
 from alexnet_jax import train
@@ -411,8 +410,7 @@ def test_main_resumes_from_a_written_workdir(small_workdir):
   out, params, config = small_workdir
   mesh = train.create_mesh(config.mesh, jax.devices()[:2])
   assert mesh.shape['model'] == 2
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 10))
-  fresh = train.create_train_state(config, models.AlexNet(**config.model), tx, mesh)
+  _, fresh = train.initial_state(config, mesh)
   manager = checkpointing.create_manager(str(out), config.keep_checkpoints)
   state, evaluated = checkpointing.restore_latest(manager, fresh, config)
   manager.close()

@@ -44,10 +44,13 @@ def test_restored_features_equal_the_live_models(workdir):
   x = preprocessing.normalize(batch['image'], None, input_pipeline.mean(data, 67),
                               std=config.data.std)
   live = model.apply({'params': params}, x, train=False, return_features=True)
+  # One jit-compiled program against op-by-op execution: XLA may fuse and reorder float32
+  # sums differently (seen: 2e-6 on fc7 values of 0.07); a wrong or misplaced parameter
+  # differs at order 1.
   for k in got:
-    np.testing.assert_allclose(got[k], live[k], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[k], live[k], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(got['logits'], model.apply({'params': params}, x, train=False),
-                             rtol=1e-6, atol=1e-6)
+                             rtol=1e-5, atol=1e-5)
   assert got['pool5'].shape == (4, 1, 1, 256) and got['fc7'].shape == (4, 4096)
 
 

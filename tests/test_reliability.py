@@ -20,8 +20,6 @@ import pytest
 
 from alexnet_jax import checkpointing
 from alexnet_jax import features
-from alexnet_jax import models
-from alexnet_jax import optimizer
 from alexnet_jax import train
 from configs import imagenette
 from configs import sample
@@ -296,9 +294,7 @@ def fresh_state(workdir, step):
   """The run's config (from its step-`step` checkpoint) and a newly initialised state."""
   config = checkpointing.saved_config(workdir, step)
   mesh = train.create_mesh(config.mesh, jax.devices()[:1], config.model.columns)
-  model = models.AlexNet(**config.model)
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 62))
-  return config, train.create_train_state(config, model, tx, mesh)
+  return config, train.initial_state(config, mesh)[1]
 
 
 def restore(workdir, state, config):

@@ -2,13 +2,13 @@
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from alexnet_jax import models
-from alexnet_jax import optimizer
 from alexnet_jax import preprocessing
 from alexnet_jax import train
 from configs import alexnet
@@ -39,11 +39,7 @@ def run(config, data, model_size, batches):
   """Runs the train step over `batches` on a data x model mesh; returns host results."""
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
                            jax.devices()[:data * model_size])
-  model = models.AlexNet(**config.model)
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 100))
-  state = train.create_train_state(config, model, tx, mesh)
-  step = train.make_train_step(config, model, mesh, state,
-                               jnp.asarray(preprocessing.CHANNEL_MEAN))
+  _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
   first_trace, losses = None, []
   for batch in batches:
     state, metrics = step(state, train.global_batch(mesh, batch))
@@ -92,11 +88,7 @@ def test_each_device_draws_the_dropout_bits_of_its_shard_only(data, model_size):
   config = small_config()
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
                            jax.devices()[:data * model_size])
-  model = models.AlexNet(**config.model)
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 100))
-  state = train.create_train_state(config, model, tx, mesh)
-  step = train.make_train_step(config, model, mesh, state,
-                               jnp.asarray(preprocessing.CHANNEL_MEAN))
+  _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
   jaxpr = step.trace(state, train.global_batch(mesh, random_batches(1)[0])).jaxpr.jaxpr
   draws = [eqn.outvars[0].aval.shape for eqn in jaxpr_ops(jaxpr)
            if eqn.primitive.name == 'random_bits']
@@ -129,11 +121,7 @@ def test_nonfinite_step_is_skipped_and_reported():
   config = small_config()
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
                            jax.devices()[:2])
-  model = models.AlexNet(**config.model)
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 100))
-  state = train.create_train_state(config, model, tx, mesh)
-  step = train.make_train_step(config, model, mesh, state,
-                               jnp.asarray(preprocessing.CHANNEL_MEAN))
+  _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
   before = jax.device_get(state.params)
   batch = random_batches(1)[0]
   batch['lighting'][0, 0] = np.nan
@@ -183,3 +171,32 @@ def test_top5_is_top_k_of_the_classes_there_are():
   sums = jax.device_get(step(params, train.global_batch(mesh, batch)))
   assert sums['count'] == 8 and sums['top5_correct'] == 8
   assert sums['top1_correct'] < 8
+
+
+def test_the_layout_is_declared_by_parameter_name():
+  """PARAM_LAYOUT's rules place each parameter by its path; an unnamed one is an error."""
+  shapes = {'conv1': {'kernel': (11, 11, 3, 96), 'bias': (96,)}, 'fc8': {'kernel': (4096, 10)}}
+  params = jax.tree.map(np.zeros, shapes, is_leaf=lambda x: isinstance(x, tuple))
+  assert train.param_specs(params) == {
+      'conv1': {'kernel': P(None, None, None, 'model'), 'bias': P('model')},
+      'fc8': {'kernel': P(None, 'model')}}
+  with pytest.raises(ValueError, match='No rule in train.PARAM_LAYOUT places parameter '
+                     r'fc9/kernel \(shape \(4, 2\)\)'):
+    train.param_specs({'fc9': {'kernel': np.zeros((4, 2))}, 'fc8': {'bias': np.zeros(2)}})
+
+
+def test_the_optimizer_state_is_laid_out_as_the_parameters():
+  """The momentum is split as its parameter (on the device, too); every other leaf of the
+  state (step, counts, learning rates, the plateau schedule) is replicated."""
+  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
+                           jax.devices()[:2])
+  _, state = train.initial_state(small_config(), mesh)
+  specs = train.state_specs(state)
+  assert optax.tree_utils.tree_get(specs.opt_state, 'trace') == specs.params
+  trace = optax.tree_utils.tree_get(state.opt_state, 'trace')
+  assert jax.tree.map(lambda x: x.sharding.spec, trace) == specs.params
+  is_spec = lambda x: isinstance(x, P)
+  rest = specs.replace(params=None, opt_state=optax.tree_utils.tree_set(
+      specs.opt_state, trace=None))
+  assert jax.tree.leaves(rest, is_leaf=is_spec) and all(
+      s == P() for s in jax.tree.leaves(rest, is_leaf=is_spec))
