@@ -3,12 +3,22 @@
 The flag must be set before JAX is imported anywhere; conftest.py is imported first.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One compilation cache for the test process and every run of main it starts: most of those
+# runs compile the same few programs, and a run that finds them cached takes half the CPU
+# time (15 s instead of 30 on the 2-core machine). Deleted at exit.
+_XLA_CACHE = tempfile.mkdtemp(prefix='alexnet_jax_tests_xla_cache_')
+atexit.register(shutil.rmtree, _XLA_CACHE, True)
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _XLA_CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import pytest  # pylint: disable=g-import-not-at-top
 

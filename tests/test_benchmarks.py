@@ -42,8 +42,11 @@ def run_benchmark(module, tmp_path, *flags):
 FLOPS = {'train_step': 4.35e9, 'forward': 1.449e9}  # Per image (docs/reference.md).
 
 
-@pytest.mark.parametrize('module,mesh_model', [('train_step', 1), ('train_step', 2),
-                                               ('forward', 1), ('forward', 2)])
+# Each script path runs once by default (the training step on two devices, the forward
+# pass on one); the other two settings with -m slow.
+@pytest.mark.parametrize('module,mesh_model', [
+    pytest.param('train_step', 1, marks=pytest.mark.slow), ('train_step', 2), ('forward', 1),
+    pytest.param('forward', 2, marks=pytest.mark.slow)])
 def test_benchmark_fast_mode_writes_results(module, mesh_model, tmp_path):
   result, stdout = run_benchmark(module, tmp_path, '--mesh_model', str(mesh_model),
                                  '--peak_tflops', '0.1')
@@ -63,6 +66,7 @@ def test_benchmark_fast_mode_writes_results(module, mesh_model, tmp_path):
   assert 'ratio' in stdout and 'jax img/s' in stdout  # The printed table.
 
 
+@pytest.mark.slow  # 35 s; run by hand with the benchmarks (README "Benchmarks").
 def test_end_to_end_fast_mode_writes_results(tmp_path):
   """benchmarks/end_to_end.py: the pipeline feeding the real step, and the step alone."""
   out = tmp_path / 'e2e.json'
@@ -85,6 +89,7 @@ def test_end_to_end_fast_mode_writes_results(tmp_path):
   assert 'step alone img/s' in proc.stdout
 
 
+@pytest.mark.slow  # 20 s; run by hand with the benchmarks.
 def test_paths_benchmark_times_each_setting_against_ours(tmp_path):
   """benchmarks/paths.py (the A/B behind models.IMPLS) in --fast mode, two settings."""
   out = tmp_path / 'paths.json'

@@ -46,9 +46,12 @@ print(statistics.median(faults[3:]))
 
 
 def python(code, **env):
-  """Runs `code` in a fresh interpreter (JAX not yet started) -> its stdout."""
+  """Runs `code` in a fresh interpreter (JAX not yet started, no compilation cache: the
+  programs read here are compiled with the interpreter's settings) -> its stdout."""
+  env = {k: v for k, v in dict(os.environ, **env).items()
+         if k != 'JAX_COMPILATION_CACHE_DIR'}
   return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                        check=True, env=dict(os.environ, **env), cwd=REPO).stdout
+                        check=True, env=env, cwd=REPO).stdout
 
 
 @measured_jaxlib

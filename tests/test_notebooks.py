@@ -26,6 +26,8 @@ from tests.conftest import REPO
 def execute(name, parameters):
   """Runs experiments/<name> with its parameters cell set to `parameters`; the notebook."""
   nb = nbformat.read(REPO / 'experiments' / name, as_version=4)
+  # The committed outputs' own parameters (a cell tagged "injected-parameters") go too.
+  nb.cells = [c for c in nb.cells if 'injected-parameters' not in c.metadata.get('tags', [])]
   cells = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
   assert len(cells) == 1, 'exactly one cell tagged "parameters"'
   cells[0].source = parameters

@@ -54,7 +54,8 @@ def resumed_from(stderr):
   return 0
 
 
-@pytest.mark.parametrize('seed', [0, 2])
+# Seed 2 kills while a checkpoint is being written; seed 0 (between saves) with -m slow.
+@pytest.mark.parametrize('seed', [pytest.param(0, marks=pytest.mark.slow), 2])
 def test_kill_9_at_a_random_point_then_rerun_is_bit_identical(uninterrupted, tmp_path, seed):
   """SIGKILL at a random moment (seed 2: while a checkpoint is being written); the rerun
   redoes only the steps after the last complete checkpoint and ends bit-identical."""
@@ -85,7 +86,10 @@ def test_kill_9_at_a_random_point_then_rerun_is_bit_identical(uninterrupted, tmp
   assert history(workdir) == history(uninterrupted)
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'remove_entry'])
+# Every kind of damage is restored around in-process (test_each_kind_of_damage_...); here
+# through main end to end, one kind by default.
+@pytest.mark.parametrize('damage', ['truncate', pytest.param('remove_entry',
+                                                             marks=pytest.mark.slow)])
 def test_corrupt_latest_checkpoint_is_reported_and_the_previous_used(uninterrupted, tmp_path,
                                                                      damage):
   workdir = tmp_path / 'run'
