@@ -289,11 +289,8 @@ def _folder_stream(data, split, *, train, seed, rows, start_step, batch):
     first_epoch, skip = divmod(start_step, max(steps, 1))
 
     def epoch(e):
-      ids = tf.random.experimental.stateless_shuffle(
-          tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
-      positions = e * steps * global_batch + tf.range(steps * global_batch, dtype=tf.int64)
-      return tf.data.Dataset.from_tensor_slices(
-          (mine(ids[:steps * global_batch]), mine(positions)))
+      ids, positions = _epoch_order(n, steps * global_batch, seed, e)
+      return tf.data.Dataset.from_tensor_slices((mine(ids), mine(positions)))
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip * batch)
   else:
@@ -513,6 +510,15 @@ def _options(data):
 # each example's augmentation is drawn for the whole batch at once: per-example tf.data
 # work is what limits the other paths (benchmarks/NOTES.md, item 16).
 
+def _epoch_order(n, used, seed, e):
+  """Epoch e's training order, shared by every source: the first `used` ids of the
+  permutation stateless_shuffle(seed, e) of 0..n-1, and their positions in the run (the
+  augmentation's seeds). int64 [used] each."""
+  ids = tf.random.experimental.stateless_shuffle(
+      tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+  return ids[:used], e * used + tf.range(used, dtype=tf.int64)
+
+
 def _global_order(n, *, train, seed, rows, start_step, batch):
   """This process's (ids, positions) of each global batch, int64 [batch] each, in the
   folder's order (_folder_stream): epoch e is the permutation stateless_shuffle(seed, e),
@@ -533,11 +539,8 @@ def _global_order(n, *, train, seed, rows, start_step, batch):
     first_epoch, skip = divmod(start_step, steps)
 
     def epoch(e):
-      ids = tf.random.experimental.stateless_shuffle(
-          tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
-      positions = e * steps * global_batch + tf.range(steps * global_batch, dtype=tf.int64)
-      return tf.data.Dataset.from_tensor_slices(
-          (mine(ids[:steps * global_batch]), mine(positions)))
+      ids, positions = _epoch_order(n, steps * global_batch, seed, e)
+      return tf.data.Dataset.from_tensor_slices((mine(ids), mine(positions)))
 
     return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip), None
   padded = -(-n // global_batch) * global_batch
