@@ -113,28 +113,6 @@ def test_corrupt_latest_checkpoint_is_reported_and_the_previous_used(uninterrupt
   assert_trees_equal(final_params(uninterrupted)[1], params)
 
 
-def test_sigterm_saves_and_exits_cleanly_in_bounded_time(tmp_path):
-  workdir = tmp_path / 'run'
-  process = subprocess.Popen(
-      main_command(workdir, '--config.checkpoint_every_steps=1000',
-                   '--config.eval_every_steps=1000', steps=500), cwd=REPO,
-      env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  jsonl = os.path.join(workdir, 'metrics.jsonl')
-  while process.poll() is None and not (os.path.exists(jsonl) and os.path.getsize(jsonl)):
-    time.sleep(0.05)
-  start = time.time()
-  process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=120)
-  assert time.time() - start < 60
-  assert process.returncode == 0, stderr[-3000:]
-  assert 'SIGTERM: saved a checkpoint at step' in stderr
-  saved = completed_steps(workdir)
-  assert len(saved) == 1 and 2 <= saved[0] < 500
-  result = run_main(workdir, '--config.checkpoint_every_steps=1000',
-                    '--config.eval_every_steps=1000', steps=saved[0] + 2)
-  assert resumed_from(result.stderr) == saved[0]
-
-
 def test_nan_with_skip_counts_the_skipped_steps(tmp_path):
   workdir = tmp_path / 'run'
   run_main(workdir, '--config.learning_rate=1e6', '--config.on_nan=skip',
@@ -392,12 +370,15 @@ def _wait_for(predicate, process, timeout=600):
   assert predicate(), 'the run ended or timed out first'
 
 
-def test_a_second_run_on_a_workdir_is_refused_naming_the_first(tmp_path):
+def test_a_second_run_is_refused_and_sigterm_saves_and_exits_in_bounded_time(tmp_path):
+  """One run in progress: a second on its workdir is refused at once, naming the first,
+  which goes on; a SIGTERM then saves a checkpoint and exits 0 within seconds, and the
+  rerun resumes there."""
   workdir = tmp_path / 'run'
-  first = subprocess.Popen(
-      main_command(workdir, '--config.checkpoint_every_steps=1000',
-                   '--config.eval_every_steps=1000', steps=500), cwd=REPO,
-      env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  args = ['--config.checkpoint_every_steps=1000', '--config.eval_every_steps=1000']
+  first = subprocess.Popen(main_command(workdir, *args, steps=500), cwd=REPO,
+                           env=environment(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
   jsonl = workdir / 'metrics.jsonl'
   _wait_for(lambda: jsonl.exists() and jsonl.stat().st_size, first)
   second = run_main(workdir, check=False)
@@ -405,12 +386,19 @@ def test_a_second_run_on_a_workdir_is_refused_naming_the_first(tmp_path):
   assert (f'The workdir {workdir} is in use by another run (host {socket.gethostname()}, '
           f'pid {first.pid}, since') in second.stderr
   assert first.poll() is None  # The first run goes on, untouched.
+  start = time.time()
   first.send_signal(signal.SIGTERM)
-  _, stderr = first.communicate(timeout=300)
+  _, stderr = first.communicate(timeout=120)
+  assert time.time() - start < 60
   assert first.returncode == 0, stderr[-3000:]
+  assert 'SIGTERM: saved a checkpoint at step' in stderr
+  saved = completed_steps(workdir)
+  assert len(saved) == 1 and 2 <= saved[0] < 500
   lines = metrics(workdir)  # One writer: every line whole, steps in order.
   assert [l['step'] for l in lines] == sorted(l['step'] for l in lines)
-  # The lock dies with its process, kill -9 included (the SIGKILL tests rerun at once).
+  # The lock dies with its process (kill -9 included: the SIGKILL tests rerun at once).
+  result = run_main(workdir, *args, steps=saved[0] + 2)
+  assert resumed_from(result.stderr) == saved[0]
 
 
 def test_features_read_a_workdir_while_a_run_writes_it(tmp_path):
