@@ -254,6 +254,15 @@ def mean(data, image_size):
 # A stream is a tf.data.Dataset of undecoded examples {'encoded' (bytes, or '' with
 # 'path'), 'label', 'file_name', 'position' (int64 for the augmentation seed, -1 = pad)}.
 
+def _epoch_order(n, used, seed, e):
+  """Epoch e's training order, shared by every source: the first `used` ids of the
+  permutation stateless_shuffle(seed, e) of 0..n-1, and their positions in the run (the
+  augmentation's seeds). int64 [used] each."""
+  ids = tf.random.experimental.stateless_shuffle(
+      tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+  return ids[:used], e * used + tf.range(used, dtype=tf.int64)
+
+
 def _folder_stream(data, split, *, train, seed, rows, start_step, batch):
   """This process's examples of a folder split, in global-batch order (see module doc).
 
@@ -509,15 +518,6 @@ def _options(data):
 # Records are read a batch at a time by one NumPy function (read, check, crop, mirror), and
 # each example's augmentation is drawn for the whole batch at once: per-example tf.data
 # work is what limits the other paths (benchmarks/NOTES.md, item 16).
-
-def _epoch_order(n, used, seed, e):
-  """Epoch e's training order, shared by every source: the first `used` ids of the
-  permutation stateless_shuffle(seed, e) of 0..n-1, and their positions in the run (the
-  augmentation's seeds). int64 [used] each."""
-  ids = tf.random.experimental.stateless_shuffle(
-      tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
-  return ids[:used], e * used + tf.range(used, dtype=tf.int64)
-
 
 def _global_order(n, *, train, seed, rows, start_step, batch):
   """This process's (ids, positions) of each global batch, int64 [batch] each, in the

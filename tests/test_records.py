@@ -10,7 +10,6 @@ import tensorflow as tf
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import prepare
-from alexnet_jax import preprocessing
 from alexnet_jax import records
 from configs import sample
 from tests.conftest import REPO
