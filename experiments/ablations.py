@@ -9,7 +9,9 @@ A variant is a preset string appended to the config file (`configs/ablation.py:n
 so each (variant, seed) run is exactly `python -m alexnet_jax.main
 --config=configs/ablation.py:<variant> --config.seed=<seed>` with the same command-line
 overrides; this module trains them one after another through `train.train_and_evaluate`
-(a finished run's workdir is read, not retrained; an interrupted one resumes), then
+(a finished run's workdir is read, not retrained; an interrupted one resumes; the --out
+file is rewritten after every run and a rerun keeps the runs it holds, so a set longer than
+one machine's life continues on another from the committed file), then
 reports per variant the mean and standard error of the final (ten-view) errors, and per
 effect the paired difference, its 95% interval (Student's t over seeds) and a sentence:
 reproduced, reversed, or not resolved at this scale. experiments/ablations.ipynb shows the
@@ -77,18 +79,46 @@ def run_variant(name, config, workdir):
           'budget': rec['budget']}
 
 
-def run_all(base, variants, seeds, workdir, overrides=None, log=print):
-  """{name: [run_variant result per seed]} for every variant (name -> presets)."""
+def run_all(base, variants, seeds, workdir, overrides=None, log=print, done=None,
+            on_run=None):
+  """{name: [run_variant result per seed]} for every variant (name -> presets).
+
+  Seed by seed (every variant with seed 0, then with seed 1, ...), so that the runs done
+  at any moment pair up into effects. `done`: earlier results of the same config and
+  overrides ({name: [run]}, e.g. a partial --out file); those runs are kept, not retrained.
+  `on_run(results)` is called after each run (main writes the partial report with it).
+  """
+  previous = {(r['variant'], r['seed']): r for runs in (done or {}).values() for r in runs}
   results = {}
-  for name, presets in variants.items():
-    for seed in seeds:
-      config = variant_config(base, presets, seed, overrides)
-      run = run_variant(name, config, os.path.join(workdir, f'{slug(name)}_seed{seed}'))
-      if log:
-        log(f'{name} (seed {seed}): top-1 {run["top1_error"]:.4f}, top-5 '
-            f'{run["top5_error"]:.4f} ({run["eval_views"]} views)')
+  for seed in seeds:
+    for name, presets in variants.items():
+      run = previous.get((name, seed))
+      if run is None:
+        config = variant_config(base, presets, seed, overrides)
+        run = run_variant(name, config, os.path.join(workdir, f'{slug(name)}_seed{seed}'))
+        run['commit'] = reproduction.git_commit()
+        if log:
+          log(f'{name} (seed {seed}): top-1 {run["top1_error"]:.4f}, top-5 '
+              f'{run["top5_error"]:.4f} ({run["eval_views"]} views)')
       results.setdefault(name, []).append(run)
-  return results
+      if on_run:
+        on_run(results)
+  return {name: results[name] for name in variants if name in results}
+
+
+def earlier_runs(path, base, overrides):
+  """The runs of a result file `path` made with the same config and overrides ({} if the
+  file is missing; an error if it holds another experiment, so that none is mixed in)."""
+  if not path or not os.path.exists(path):
+    return {}
+  with open(path) as fh:
+    old = json.load(fh)
+  if old['config'] != base or old['overrides'] != dict(overrides or {}):
+    raise ValueError(
+        f'{path} holds the runs of --config={old["config"]} with overrides '
+        f'{old["overrides"]}, not of {base} with {dict(overrides or {})}: give another '
+        '--out, or delete the file to start over.')
+  return old['runs']
 
 
 def mean_se(values):
@@ -194,13 +224,22 @@ def main(argv):
   overrides = config_flags.get_override_values(f['config'])
   seeds = [int(s) for s in f.seeds]
   commit = reproduction.git_commit()  # The code as the runs start.
-  results = run_all(base, variants(base, f.one_column), seeds, f.workdir, overrides)
-  out = report(results, base, seeds, overrides, note=f.note, commit=commit)
+
+  def write(results):
+    if f.out:
+      out = report(results, base, seeds, overrides, note=f.note, commit=commit)
+      os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
+      with open(f.out + '.tmp', 'w') as fh:
+        json.dump(out, fh, indent=1)
+      os.replace(f.out + '.tmp', f.out)  # A partial result after every run.
+    return results
+
+  done = earlier_runs(f.out, base, overrides)
+  results = run_all(base, variants(base, f.one_column), seeds, f.workdir, overrides,
+                    done=done, on_run=write)
+  out = report(write(results), base, seeds, overrides, note=f.note, commit=commit)
   print(out['markdown'])
   if f.out:
-    os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-    with open(f.out, 'w') as fh:
-      json.dump(out, fh, indent=1)
     print(f'Wrote {f.out}')
 
 

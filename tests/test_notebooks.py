@@ -153,6 +153,38 @@ def test_summary_and_effects_by_hand():
   assert '| no LRN, non-overlapping pool | 1 | 50.0 ± 0.0 | 20.0 ± 0.0 |' in table
 
 
+def test_runs_go_seed_by_seed_and_those_in_the_result_file_are_not_retrained(
+    tmp_path, monkeypatch):
+  """A partial --out file continues where it stopped; another experiment's is refused."""
+  trained = []
+
+  def fake_run(name, config, workdir):
+    trained.append((name, config.seed))
+    return {'variant': name, 'seed': config.seed, 'seconds': 1.0, 'top1_error': 0.5,
+            'top5_error': 0.1, 'eval_views': 10, 'curves': {}, 'budget': {}}
+
+  monkeypatch.setattr(ablations, 'run_variant', fake_run)
+  names = list(ablations.variants('configs/ablation.py'))
+  partial = []
+  results = ablations.run_all('configs/ablation.py', ablations.variants('configs/ablation.py'),
+                              [0, 1], str(tmp_path), log=None,
+                              on_run=lambda r: partial.append(sum(map(len, r.values()))))
+  assert trained == [(n, s) for s in (0, 1) for n in names]  # Seed by seed.
+  assert partial == list(range(1, 9)) and list(results) == names
+  path = tmp_path / 'out.json'
+  out = ablations.report({n: results[n][:1] for n in names}, 'configs/ablation.py', [0])
+  path.write_text(json.dumps(out))
+  done = ablations.earlier_runs(str(path), 'configs/ablation.py', {})
+  trained.clear()
+  again = ablations.run_all('configs/ablation.py', ablations.variants('configs/ablation.py'),
+                            [0, 1], str(tmp_path), log=None, done=done)
+  assert trained == [(n, 1) for n in names]  # Seed 0's runs read from the file.
+  assert [r['seed'] for r in again[names[0]]] == [0, 1]
+  with pytest.raises(ValueError, match='another --out'):
+    ablations.earlier_runs(str(path), 'configs/ablation.py', {'data.image_size': 64})
+  assert ablations.earlier_runs(str(tmp_path / 'none.json'), 'configs/ablation.py', {}) == {}
+
+
 def test_t_quantiles_are_students():
   from scipy import stats  # pylint: disable=g-import-not-at-top
   for df, t in ablations.T_975.items():
