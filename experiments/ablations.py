@@ -108,12 +108,14 @@ def run_all(base, variants, seeds, workdir, overrides=None, log=print, done=None
 
 def earlier_runs(path, base, overrides):
   """The runs of a result file `path` made with the same config and overrides ({} if the
-  file is missing; an error if it holds another experiment, so that none is mixed in)."""
+  file is missing; an error if it holds another experiment, so that none is mixed in).
+  data.data_dir may differ: it says where the data is on each machine, not which."""
   if not path or not os.path.exists(path):
     return {}
   with open(path) as fh:
     old = json.load(fh)
-  if old['config'] != base or old['overrides'] != dict(overrides or {}):
+  same = lambda o: {k: v for k, v in dict(o or {}).items() if k != 'data.data_dir'}
+  if old['config'] != base or same(old['overrides']) != same(overrides):
     raise ValueError(
         f'{path} holds the runs of --config={old["config"]} with overrides '
         f'{old["overrides"]}, not of {base} with {dict(overrides or {})}: give another '
@@ -226,18 +228,17 @@ def main(argv):
   commit = reproduction.git_commit()  # The code as the runs start.
 
   def write(results):
+    out = report(results, base, seeds, overrides, note=f.note, commit=commit)
     if f.out:
-      out = report(results, base, seeds, overrides, note=f.note, commit=commit)
       os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
       with open(f.out + '.tmp', 'w') as fh:
         json.dump(out, fh, indent=1)
       os.replace(f.out + '.tmp', f.out)  # A partial result after every run.
-    return results
+    return out
 
   done = earlier_runs(f.out, base, overrides)
-  results = run_all(base, variants(base, f.one_column), seeds, f.workdir, overrides,
-                    done=done, on_run=write)
-  out = report(write(results), base, seeds, overrides, note=f.note, commit=commit)
+  out = write(run_all(base, variants(base, f.one_column), seeds, f.workdir, overrides,
+                      done=done, on_run=write))
   print(out['markdown'])
   if f.out:
     print(f'Wrote {f.out}')

@@ -182,6 +182,9 @@ def test_runs_go_seed_by_seed_and_those_in_the_result_file_are_not_retrained(
   assert [r['seed'] for r in again[names[0]]] == [0, 1]
   with pytest.raises(ValueError, match='another --out'):
     ablations.earlier_runs(str(path), 'configs/ablation.py', {'data.image_size': 64})
+  # Where the data is may differ between machines.
+  assert ablations.earlier_runs(str(path), 'configs/ablation.py',
+                                {'data.data_dir': '/elsewhere'}) == done
   assert ablations.earlier_runs(str(tmp_path / 'none.json'), 'configs/ablation.py', {}) == {}
 
 
