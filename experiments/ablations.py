@@ -103,7 +103,7 @@ def run_all(base, variants, seeds, workdir, overrides=None, log=print, done=None
       results.setdefault(name, []).append(run)
       if on_run:
         on_run(results)
-  return {name: results[name] for name in variants if name in results}
+  return results  # In the variants' order: seed 0's runs come first.
 
 
 def earlier_runs(path, base, overrides):
