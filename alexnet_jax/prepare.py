@@ -210,7 +210,8 @@ def define_flags():
   flags.DEFINE_integer('shard_size', 1024, 'Images per file (records).')
   flags.DEFINE_enum('resize_mode', 'shorter', ['shorter', 'warp'],
                     'Shorter side to --size and centre crop, or warp (records).')
-  flags.DEFINE_integer('quality', 95, 'JPEG quality of written images (resize, sample).')
+  flags.DEFINE_integer('quality', 95, 'JPEG quality of the images resize writes (sample '
+                       'writes quality 50, to keep the repo small).')
   flags.DEFINE_float('holdout', 0.1, 'Fraction of each class held out (split-folder).')
   flags.DEFINE_integer('train_per_class', 50, 'Training images per class (sample).')
   flags.DEFINE_integer('eval_per_class', 20, 'Held-out images per class (sample).')

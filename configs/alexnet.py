@@ -18,7 +18,7 @@ Presets (comma-separated, `--config=configs/alexnet.py:original_code,bf16`):
   bvlc_biases           the paper's initialisation with the biases of conv2, conv4, conv5,
                         fc6, fc7 at 0.1 instead of 1: the one change Caffe's replication
                         made to train ("initialization to 1 gave flat loss"; measured here:
-                        experiments/init_scales.py, README "Reproduction").
+                        experiments/init_scales.py, README "Experiments").
   bvlc_init             Caffe's replication's whole initialisation: biases 0.1 and fc6, fc7
                         weights N(0, 0.005).
   caffe                 Caffe's replication, bvlc_alexnet, as its network and preprocessing
