@@ -25,6 +25,8 @@ import os
 import statistics
 import time
 
+from alexnet_jax import input_pipeline
+from alexnet_jax import optimizer
 from alexnet_jax import train
 from experiments import reproduction
 
@@ -68,11 +70,16 @@ def slug(name):
 
 
 def run_variant(name, config, workdir):
-  """Trains (or resumes, or reads) one run in `workdir`; its curves and final errors."""
+  """Trains (or resumes, or reads) one run in `workdir`; its curves and final errors, or
+  None when it stopped before its final evaluation (a SIGTERM: the run saved a checkpoint
+  and returned; rerunning resumes it)."""
   t0 = time.perf_counter()
   train.train_and_evaluate(config, workdir)
   rec = reproduction.record(workdir, name=name)
   final = rec['final']
+  num_train = input_pipeline.num_examples(config.data, config.data.train_split)
+  if not final or final['step'] < optimizer.total_steps(config, num_train // config.batch_size):
+    return None
   return {'variant': name, 'seed': config.seed, 'seconds': time.perf_counter() - t0,
           'top1_error': final['eval_top1_error'], 'top5_error': final['eval_top5_error'],
           'eval_views': int(final['eval_views']), 'curves': rec['curves'],
@@ -86,7 +93,9 @@ def run_all(base, variants, seeds, workdir, overrides=None, log=print, done=None
   Seed by seed (every variant with seed 0, then with seed 1, ...), so that the runs done
   at any moment pair up into effects. `done`: earlier results of the same config and
   overrides ({name: [run]}, e.g. a partial --out file); those runs are kept, not retrained.
-  `on_run(results)` is called after each run (main writes the partial report with it).
+  `on_run(results)` is called after each run (main writes the partial report with it). A
+  run stopped by SIGTERM ends the loop: the runs finished so far are returned, and the
+  stopped one, kept out of them, resumes from its checkpoint on a rerun.
   """
   previous = {(r['variant'], r['seed']): r for runs in (done or {}).values() for r in runs}
   results = {}
@@ -95,7 +104,13 @@ def run_all(base, variants, seeds, workdir, overrides=None, log=print, done=None
       run = previous.get((name, seed))
       if run is None:
         config = variant_config(base, presets, seed, overrides)
-        run = run_variant(name, config, os.path.join(workdir, f'{slug(name)}_seed{seed}'))
+        run_dir = os.path.join(workdir, f'{slug(name)}_seed{seed}')
+        run = run_variant(name, config, run_dir)
+        if run is None:
+          if log:
+            log(f'{name} (seed {seed}) stopped before its end (SIGTERM); its checkpoint is '
+                f'in {run_dir}: rerun the same command to resume it.')
+          return results
         run['commit'] = reproduction.git_commit()
         if log:
           log(f'{name} (seed {seed}): top-1 {run["top1_error"]:.4f}, top-5 '
@@ -228,6 +243,8 @@ def main(argv):
   commit = reproduction.git_commit()  # The code as the runs start.
 
   def write(results):
+    if not results:  # Stopped during the first run: nothing to report yet.
+      return None
     out = report(results, base, seeds, overrides, note=f.note, commit=commit)
     if f.out:
       os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
@@ -239,9 +256,10 @@ def main(argv):
   done = earlier_runs(f.out, base, overrides)
   out = write(run_all(base, variants(base, f.one_column), seeds, f.workdir, overrides,
                       done=done, on_run=write))
-  print(out['markdown'])
-  if f.out:
-    print(f'Wrote {f.out}')
+  if out:
+    print(out['markdown'])
+    if f.out:
+      print(f'Wrote {f.out}')
 
 
 def define_flags():

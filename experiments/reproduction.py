@@ -53,10 +53,19 @@ def read_metrics(workdir):
   return sorted(train, key=lambda r: r['step']), sorted(evals, key=lambda r: r['step'])
 
 
+def learning_rate_drops(train_rows):
+  """The logged steps after which the learning rate fell (by more than half): the last
+  logged step at the old rate. A row's rate is the one its step's update used, so a drop
+  at an epoch boundary that is a logged step (as in the configs) is placed exactly."""
+  return [train_rows[i - 1]['step'] for i in range(1, len(train_rows))
+          if train_rows[i]['learning_rate'] < 0.5 * train_rows[i - 1]['learning_rate']]
+
+
 def curves(train_rows, eval_rows, steps_per_epoch):
-  """Per epoch e (1-based, the epoch ending at step e * steps_per_epoch): mean training
-  loss and top-1 error over its logged steps, the learning rate at its end, and the
-  held-out errors of the evaluation at its end (centre crop; the last may be 10 views)."""
+  """Per epoch e (1-based, the epoch ending at step e * steps_per_epoch): the mean of the
+  training loss and top-1 error logged in it (each row one batch's, every
+  log_every_steps-th), the learning rate at its end, and the held-out errors of the
+  evaluation at its end (centre crop; the last may be 10 views)."""
   epochs = {}
   for r in train_rows:
     e = -(-r['step'] // steps_per_epoch)
@@ -82,8 +91,6 @@ def record(workdir, name='', note='', commit=None):
   train_rows, eval_rows = read_metrics(workdir)
   steps_per_epoch = config.eval_every_steps  # The configs evaluate once an epoch.
   final = eval_rows[-1] if eval_rows else None
-  lr = [r['learning_rate'] for r in train_rows]
-  drops = [train_rows[i]['step'] for i in range(1, len(lr)) if lr[i] < 0.5 * lr[i - 1]]
   return {
       'name': name,
       'note': note,
@@ -102,7 +109,7 @@ def record(workdir, name='', note='', commit=None):
           'images_per_sec': float(np.median([r['images_per_sec'] for r in train_rows]))
                             if train_rows else None,
       },
-      'learning_rate_drops_at_steps': drops,
+      'learning_rate_drops_after_steps': learning_rate_drops(train_rows),
       'final': final,
       'best_centre_crop_top1_error': min((r['eval_top1_error'] for r in eval_rows
                                           if r.get('eval_views', 1) == 1), default=None),

@@ -9,7 +9,10 @@ fraction of the cost.
 import json
 import math
 import os
+import signal
 import subprocess
+import threading
+import time
 
 from nbclient import NotebookClient
 import nbformat
@@ -115,6 +118,15 @@ def test_features_notebook(tmp_path):
   assert checkpointing.saved_config(str(tmp_path)).num_train_steps == 4
 
 
+def test_features_notebook_refuses_a_workdir_without_checkpoints(tmp_path):
+  """A mistyped WORKDIR is an error, not a short run on the sample shown in its place."""
+  from nbclient.exceptions import CellExecutionError  # pylint: disable=g-import-not-at-top
+  missing = tmp_path / 'no_such_run'
+  with pytest.raises(CellExecutionError, match='holds no checkpoints'):
+    execute('features.ipynb', f"WORKDIR = {str(missing)!r}\nDATA = ''\nSTEPS = 4")
+  assert not missing.exists()
+
+
 def test_summary_and_effects_by_hand():
   """Means, standard errors, paired effects and their t intervals, by hand."""
   errors = {  # variant: [(seed, top-1, top-5)]
@@ -186,6 +198,62 @@ def test_runs_go_seed_by_seed_and_those_in_the_result_file_are_not_retrained(
   assert ablations.earlier_runs(str(path), 'configs/ablation.py',
                                 {'data.data_dir': '/elsewhere'}) == done
   assert ablations.earlier_runs(str(tmp_path / 'none.json'), 'configs/ablation.py', {}) == {}
+
+
+def test_a_sigterm_ends_the_runner_without_the_stopped_run_and_the_rerun_resumes_it(
+    tmp_path):
+  """A real SIGTERM to this process while an ablation run trains: the run saves and stops,
+  the runner returns without it (a stopped run is never reported as finished), and the
+  rerun resumes it from its checkpoint to its final evaluation."""
+  overrides = dict(TINY_ABLATION, num_train_steps=20, log_every_steps=1,
+                   eval_every_steps=10, checkpoint_every_steps=10)
+  variants = {'LRN, overlapping pool': ''}
+  run_dir = tmp_path / f'{ablations.slug("LRN, overlapping pool")}_seed0'
+
+  def sigterm_once_training():  # A logged step: train_and_evaluate's handler is set.
+    metrics = run_dir / 'metrics.jsonl'
+    while not (metrics.exists() and metrics.stat().st_size):
+      time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  killer = threading.Thread(target=sigterm_once_training, daemon=True)
+  killer.start()
+  messages, reported = [], []
+  results = ablations.run_all('configs/ablation.py', variants, [0], str(tmp_path), overrides,
+                              log=messages.append, on_run=reported.append)
+  killer.join(timeout=60)
+  assert results == {} and reported == []
+  assert 'SIGTERM' in messages[-1] and 'rerun' in messages[-1]
+  train_rows, _ = reproduction.read_metrics(run_dir)
+  stopped = train_rows[-1]['step']
+  assert stopped < 20
+  saved = [int(d) for d in os.listdir(checkpointing.checkpoint_dir(str(run_dir))) if d.isdigit()]
+  assert max(saved) == stopped
+
+  again = ablations.run_all('configs/ablation.py', variants, [0], str(tmp_path), overrides,
+                            log=messages.append)
+  run = again['LRN, overlapping pool'][0]
+  train_rows, evals = reproduction.read_metrics(run_dir)
+  assert [r['step'] for r in train_rows] == list(range(1, 21))  # Resumed, not restarted.
+  assert run['budget']['steps'] == 20 and evals[-1]['step'] == 20
+  assert run['top1_error'] == evals[-1]['eval_top1_error']
+
+
+def test_curves_and_learning_rate_drops_by_hand():
+  """Per-epoch means of the logged rows and the drops, against a hand computation."""
+  train = [{'step': s, 'loss': float(s), 'train_top1_error': s / 10,
+            'learning_rate': 0.01 if s <= 4 else (0.001 if s <= 7 else 0.0001)}
+           for s in range(1, 10)]
+  evals = [{'step': 3, 'eval_top1_error': 0.8, 'eval_top5_error': 0.4, 'eval_loss': 2.0,
+            'eval_views': 1}, {'step': 9, 'eval_top1_error': 0.5, 'eval_top5_error': 0.2,
+                               'eval_loss': 1.0, 'eval_views': 10}]
+  assert reproduction.learning_rate_drops(train) == [4, 7]
+  c = reproduction.curves(train, evals, steps_per_epoch=3)
+  assert c['epoch'] == [1, 2, 3]
+  assert c['train_loss'] == [2.0, 5.0, 8.0]  # (1+2+3)/3, (4+5+6)/3, (7+8+9)/3.
+  assert c['train_top1_error'] == pytest.approx([0.2, 0.5, 0.8])
+  assert c['learning_rate'] == [0.01, 0.001, 0.0001]
+  assert c['eval_top1_error'] == [0.8, None, 0.5] and c['eval_views'] == [1, None, 10]
 
 
 def test_t_quantiles_are_students():
