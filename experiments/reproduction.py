@@ -127,9 +127,14 @@ def plot(rec, path):
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=80)
   axes[0].plot(c['epoch'], c['train_loss'])
   axes[0].set(xlabel='epoch', ylabel='training loss', title='loss')
-  for k, label in (('eval_top1_error', 'top-1'), ('eval_top5_error', 'top-5')):
-    points = [(e, v) for e, v in zip(c['epoch'], c[k]) if v is not None]
-    axes[1].plot(*zip(*points), label=f'held-out {label}') if points else None
+  for k, label, colour in (('eval_top1_error', 'top-1', 'C0'), ('eval_top5_error', 'top-5', 'C1')):
+    views = [(e, v, int(n or 1)) for e, v, n in zip(c['epoch'], c[k], c['eval_views'])
+             if v is not None]
+    centre = [(e, v) for e, v, n in views if n == 1]  # A line; multi-view results as dots.
+    if centre:
+      axes[1].plot(*zip(*centre), '-', color=colour, label=f'held-out {label}')
+    for e, v, n in (p for p in views if p[2] > 1):
+      axes[1].plot([e], [v], 'o', color=colour, label=f'held-out {label}, {n} views')
   axes[1].plot(c['epoch'], c['train_top1_error'], ':', label='training top-1')
   axes[1].set(xlabel='epoch', ylabel='error', ylim=(0, 1), title='error')
   axes[1].legend()

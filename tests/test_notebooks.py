@@ -256,6 +256,19 @@ def test_curves_and_learning_rate_drops_by_hand():
   assert c['eval_top1_error'] == [0.8, None, 0.5] and c['eval_views'] == [1, None, 10]
 
 
+def test_the_curves_figure_is_drawn(tmp_path):
+  """The figure of a record with centre-crop and 10-view evaluations and an epoch without
+  one: a 960 x 256 PNG (12 x 3.2 inches at 80 dpi)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  c = {'epoch': [1, 2, 3], 'train_loss': [2.0, 1.5, 1.0], 'train_top1_error': [0.9, 0.7, 0.5],
+       'learning_rate': [0.01, 0.01, 0.001], 'eval_top1_error': [0.8, None, 0.5],
+       'eval_top5_error': [0.4, None, 0.2], 'eval_loss': [2.0, None, 1.0],
+       'eval_views': [1, None, 10]}
+  reproduction.plot({'name': 'tiny', 'curves': c}, str(tmp_path / 'curves.png'))
+  with Image.open(tmp_path / 'curves.png') as image:
+    assert image.format == 'PNG' and image.size == (960, 256)
+
+
 def test_t_quantiles_are_students():
   from scipy import stats  # pylint: disable=g-import-not-at-top
   for df, t in ablations.T_975.items():
