@@ -166,8 +166,7 @@ def check_data(config):
   if config.batch_size > num_train:
     raise ValueError(f'config.batch_size={config.batch_size} is larger than the {num_train} '
                      f'examples of the {d.train_split!r} split.')
-  steps_per_epoch = num_train // config.batch_size
-  steps = optimizer.total_steps(config, steps_per_epoch)
+  steps_per_epoch, steps = optimizer.run_length(config, num_train)
   if config.schedule == 'cosine' and not (
       0 <= int(config.warmup_epochs * steps_per_epoch) < steps):
     raise ValueError(f'config.warmup_epochs={config.warmup_epochs} gives as many warm-up '

@@ -29,6 +29,13 @@ def total_steps(config, steps_per_epoch):
   return int(config.num_epochs * steps_per_epoch)
 
 
+def run_length(config, num_train):
+  """(steps_per_epoch, total_steps) of a run over `num_train` training examples: whole
+  batches of config.batch_size per epoch (the remainder is left out of that epoch)."""
+  steps_per_epoch = num_train // config.batch_size
+  return steps_per_epoch, total_steps(config, steps_per_epoch)
+
+
 def create_learning_rate_fn(config, steps_per_epoch):
   """The base learning rate as a function of the step (0-based count of updates done).
 

@@ -524,8 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _train(config, workdir, mesh, num_train, preemption):
   """The loop of train_and_evaluate, once the checks have passed and the lock is held."""
-  steps_per_epoch = num_train // config.batch_size
-  total_steps = optimizer.total_steps(config, steps_per_epoch)
+  steps_per_epoch, total_steps = optimizer.run_length(config, num_train)
   plateau = optimizer.create_plateau(config)
   _, state, train_step, eval_step = setup(config, mesh, steps_per_epoch)
   checkpointing.check_space(workdir, state)

@@ -77,8 +77,9 @@ def run_variant(name, config, workdir):
   train.train_and_evaluate(config, workdir)
   rec = reproduction.record(workdir, name=name)
   final = rec['final']
-  num_train = input_pipeline.num_examples(config.data, config.data.train_split)
-  if not final or final['step'] < optimizer.total_steps(config, num_train // config.batch_size):
+  _, total_steps = optimizer.run_length(
+      config, input_pipeline.num_examples(config.data, config.data.train_split))
+  if not final or final['step'] < total_steps:
     return None
   return {'variant': name, 'seed': config.seed, 'seconds': time.perf_counter() - t0,
           'top1_error': final['eval_top1_error'], 'top5_error': final['eval_top5_error'],

@@ -290,5 +290,6 @@ def test_plateau_state_round_trips_through_a_pytree():
 def test_total_steps():
   config = alexnet.get_config()
   assert optimizer.total_steps(config, 10) == 900
+  assert optimizer.run_length(config, 10 * 128 + 127) == (10, 900)  # Whole batches only.
   config.num_train_steps = 7
   assert optimizer.total_steps(config, 10) == 7
