@@ -37,6 +37,14 @@ def _rules(config):
       ('model.pool_window', m.pool_window >= 1, 'must be >= 1 (the paper: 3)'),
       ('model.pool_stride', m.pool_stride >= 1, 'must be >= 1 (the paper: 2)'),
       ('model.dropout_rate', 0 <= m.dropout_rate < 1, 'must be in [0, 1)'),
+      ('model.widths', len(m.widths) == len(models.WIDTHS) and all(
+          int(w) == w and w > 0 and w % m.columns == 0 for w in m.widths),
+       f'must be {len(models.WIDTHS)} positive widths (conv1-conv5, fc6, fc7), each a '
+       f'multiple of model.columns; the paper: {models.WIDTHS}'),
+      ('model.activation', m.activation in models.ACTIVATIONS,
+       f'must be one of {models.ACTIVATIONS}'),
+      ('model.removed_layer', m.removed_layer in ('',) + models.REMOVABLE,
+       f"must be '' or one of {models.REMOVABLE}"),
       ('model.init_scheme', m.init_scheme in models.INITS, f'must be one of {models.INITS}'),
       ('model.conv1_padding', m.conv1_padding in CONV1_PADDINGS,
        f'must be one of {CONV1_PADDINGS}'),

@@ -47,9 +47,13 @@ from jax import lax
 # Activations that can be read out (post-ReLU for conv and fc layers).
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7', 'logits')
 
-# Output channels (or units) of each layer, both columns together (paper Section 3.5).
-WIDTHS = {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256,
-          'fc6': 4096, 'fc7': 4096}
+# The layers with a width, in order; ``AlexNet.widths`` gives their output channels (units).
+WIDTH_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')
+# Both columns together (paper Section 3.5).
+WIDTHS = (96, 256, 384, 384, 256, 4096, 4096)
+# The middle convolutional layers one of which may be removed (Section 7).
+REMOVABLE = ('conv3', 'conv4', 'conv5')
+ACTIVATIONS = ('relu', 'tanh')
 
 INITS = ('paper', 'original_code', 'bvlc', 'he')
 
@@ -327,7 +331,7 @@ class AlexNet(nn.Module):
   Call: ``model.apply(variables, images, train=False)`` with images
   [batch, 224, 224, 3] (227 x 227 when ``conv1_padding='valid'``), already normalised;
   returns float32 logits [batch, num_classes], or with ``return_features=True`` a dict
-  {layer: activation} over ``LAYERS`` (post-ReLU; under ``model_axis`` the conv and fc
+  {layer: activation} over ``LAYERS`` (after the activation, less a removed layer; under ``model_axis`` the conv and fc
   activations are the local column's). ``train=True`` needs a ``'dropout'`` rng.
 
   Shapes (224 input, both columns): conv1 [b, 55, 55, 96] -> pool1 [b, 27, 27, 96] ->
@@ -346,6 +350,11 @@ class AlexNet(nn.Module):
   pool_window: int = 3  # 3/2: overlapping (paper Section 3.4); 2/2: non-overlapping.
   pool_stride: int = 2
   dropout_rate: float = 0.5
+  # conv1-conv5, fc6, fc7, both columns together; the paper's one-column comparison net
+  # (layers-145-half) is (48, 128, 192, 192, 256, 4096, 4096) with columns=1.
+  widths: tuple[int, ...] = WIDTHS
+  activation: str = 'relu'  # 'tanh': every ReLU replaced (Section 3.1, Figure 1).
+  removed_layer: str = ''  # One of REMOVABLE: the net without it (Section 7); '' = none.
   init_scheme: str = 'paper'
   init_bias: float = 1.0  # Biases of conv2, conv4, conv5, fc6, fc7 at init (BVLC: 0.1).
   lrn1_before_relu: bool = False  # Original code: LRN1 normalises conv1's pre-activation.
@@ -373,10 +382,12 @@ class AlexNet(nn.Module):
     dtype = jnp.dtype(self.dtype)
     pad1 = {'paper': ((0, 3), (0, 3)), 'valid': 'VALID'}[self.conv1_padding]
     impl = implementations(self.lrn_impl, self.pool_impl, self.group_impl)
+    width = dict(zip(WIDTH_LAYERS, self.widths))
+    act = {'relu': nn.relu, 'tanh': jnp.tanh}[self.activation]
 
     def conv(name, x, kernel_size, stride=1, padding='SAME', groups=1):
       kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
-      return Conv(WIDTHS[name] // shards, kernel_size, stride, padding, groups,
+      return Conv(width[name] // shards, kernel_size, stride, padding, groups,
                   impl['group_impl'], kernel_init, bias_init, dtype, name=name)(x)
 
     def dense(name, x, features):
@@ -413,28 +424,28 @@ class AlexNet(nn.Module):
     feats = {}
     x = x.astype(dtype)
     x = conv('conv1', x, 11, 4, pad1)
-    feats['conv1'] = nn.relu(x)
-    x = nn.relu(lrn(x)) if self.lrn1_before_relu else lrn(nn.relu(x))
+    feats['conv1'] = act(x)
+    x = act(lrn(x)) if self.lrn1_before_relu else lrn(act(x))
     x = pool(x)
-    x = nn.relu(conv('conv2', x, 5, groups=groups))
+    x = act(conv('conv2', x, 5, groups=groups))
     feats['conv2'] = x
     x = lrn(x)
     if self.spatial_norm:
       x = spatial_norm(x)
     x = pool(x)
-    x = nn.relu(conv('conv3', both_columns(x), 3))
-    feats['conv3'] = x
-    x = nn.relu(conv('conv4', x, 3, groups=groups))
-    feats['conv4'] = x
-    x = nn.relu(conv('conv5', x, 3, groups=groups))
-    feats['conv5'] = x
+    # conv3 reads both columns; conv4 and conv5 their own. Without conv3 no conv crosses.
+    for name, cross in (('conv3', True), ('conv4', False), ('conv5', False)):
+      if name != self.removed_layer:
+        x = act(conv(name, both_columns(x), 3) if cross else
+                conv(name, x, 3, groups=groups))
+        feats[name] = x
     x = pool(x)
     feats['pool5'] = x
     x = both_columns(x).reshape(x.shape[0], -1)
-    x = nn.relu(dense('fc6', x, WIDTHS['fc6']))
+    x = act(dense('fc6', x, width['fc6']))
     feats['fc6'] = x
     x = self.dropout(x, train)
-    x = nn.relu(dense('fc7', both_columns(x), WIDTHS['fc7']))
+    x = act(dense('fc7', both_columns(x), width['fc7']))
     feats['fc7'] = x
     x = self.dropout(x, train)
     x = both_columns(dense('fc8', both_columns(x), self.num_classes)).astype(jnp.float32)

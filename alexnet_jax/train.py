@@ -266,8 +266,9 @@ def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
   batch: {'image': uint8 [b, s, s, 3] or [b, views, s, s, 3], 'label': int32 [b],
   'mask': bool [b]}, normalised as preprocessing.normalize (mean, std, channel_order).
   With views, the softmax outputs are averaged (Section 4.1).
-  Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples;
-  top-5 is top-min(5, classes).
+  Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples,
+  with views also 'centre_top1_correct' and 'centre_top5_correct' (the centre view's
+  own); top-5 is top-min(5, classes).
   """
   axes = manual_axes(mesh)
   local_model = _local(model, axes)
@@ -279,16 +280,19 @@ def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
                                      std=std, channel_order=channel_order)
     logits = local_model.apply({'params': params}, images, train=False)
     probs = jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
-    if probs.ndim == 3:
-      probs = probs.mean(axis=1)
     labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
-    top5 = lax.top_k(probs, min(5, probs.shape[-1]))[1]  # Top-2 for a 2-class network.
-    sums = {
-        'top1_correct': (jnp.argmax(probs, -1) == labels) * mask,
-        'top5_correct': jnp.any(top5 == labels[:, None], axis=-1) * mask,
-        'loss': -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12) * mask,
-        'count': mask,
-    }
+
+    def correct(probs, prefix=''):
+      top5 = lax.top_k(probs, min(5, probs.shape[-1]))[1]  # Top-2 for a 2-class network.
+      return {prefix + 'top1_correct': (jnp.argmax(probs, -1) == labels) * mask,
+              prefix + 'top5_correct': jnp.any(top5 == labels[:, None], axis=-1) * mask}
+
+    sums = {'count': mask}
+    if probs.ndim == 3:  # The centre view alone, from the same forward pass.
+      sums.update(correct(probs[:, preprocessing.VIEWS.index('center')], 'centre_'))
+      probs = probs.mean(axis=1)
+    sums.update(correct(probs))
+    sums['loss'] = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12) * mask
     # Summed over the batch's shards; the same on both columns (the logits are gathered).
     over_data, over_model = (tuple(a for a in axes if a == name) for name in AXES)
     return jax.tree.map(lambda x: lax.pmean(lax.psum(x.sum(), over_data), over_model), sums)
@@ -324,7 +328,9 @@ def global_batch(mesh, local_batch):
 
 
 def evaluate(eval_step, params, config, mesh, num_views, stop=lambda: False):
-  """Top-1/top-5 error and loss over the whole eval split, each example counted once.
+  """Top-1/top-5 error and loss over the whole eval split, each example counted once:
+  {'top1_error', 'top5_error', 'loss', 'count'}, with views also 'centre_top1_error' and
+  'centre_top5_error'.
 
   stop() is asked after every batch; when it says True the evaluation is abandoned and
   None returned (a preempted run saves and exits within a batch's time).
@@ -341,9 +347,9 @@ def evaluate(eval_step, params, config, mesh, num_views, stop=lambda: False):
       return None
   totals = jax.device_get(totals)
   count = float(totals['count'])
-  return {'top1_error': 1.0 - totals['top1_correct'] / count,
-          'top5_error': 1.0 - totals['top5_correct'] / count,
-          'loss': totals['loss'] / count, 'count': count}
+  errors = {k.replace('correct', 'error'): 1.0 - v / count for k, v in totals.items()
+            if k.endswith('_correct')}
+  return dict(errors, loss=totals['loss'] / count, count=count)
 
 
 def _truncate_history(path, step):
@@ -576,9 +582,8 @@ def _train(config, workdir, mesh, num_train, preemption):
     result = evaluate(eval_step, state.params, config, mesh, views, preemption.reached)
     if result is None:
       return False
-    writer.write(step, {'eval_top1_error': result['top1_error'],
-                        'eval_top5_error': result['top5_error'],
-                        'eval_loss': result['loss'], 'eval_views': views})
+    writer.write(step, dict({f'eval_{k}': v for k, v in result.items() if k.endswith('_error')},
+                            eval_loss=result['loss'], eval_views=views))
     logging.info('step %d: eval (%d view(s), %d examples) top-1 error %.4f, top-%d error '
                  '%.4f', step, views, result['count'], result['top1_error'],
                  min(5, config.model.num_classes), result['top5_error'])

@@ -10,6 +10,15 @@ Presets (comma-separated, `--config=configs/alexnet.py:original_code,bf16`):
                         conv3-conv5 init std 0.03, biases at 2x the learning rate,
                         learning-rate drops at epochs 25, 51, 79 and 91 epochs.
   one_column            the same widths with no column split (no groups).
+  one_column_half       the paper's one-column comparison net (Section 3.2; the code's
+                        layers-145-half): conv1-conv4 half as wide, 48-128-192-192-256,
+                        then 4096-4096, no column split.
+  tanh                  tanh units in place of every ReLU (Section 3.1).
+  no_conv4              the middle convolutional layer removed (Section 7).
+  no_dropout            no dropout in fc6 and fc7 (Section 4.2).
+  no_pca_lighting       no PCA lighting (Section 4.1).
+  no_crop_flip          no random crops or reflections: the network trains and is tested
+                        on the whole image resized to the crop size (Section 4.1).
   no_lrn                no local response normalisation.
   non_overlapping_pool  2x2 stride-2 pooling instead of 3x3 stride 2 (same output sizes).
   bf16                  bfloat16 compute, float32 parameters.
@@ -32,8 +41,9 @@ Presets (comma-separated, `--config=configs/alexnet.py:original_code,bf16`):
 
 import ml_collections
 
-PRESETS = ('original_code', 'one_column', 'no_lrn', 'non_overlapping_pool', 'bf16', 'he',
-           'caffe', 'bvlc_biases', 'bvlc_init')
+PRESETS = ('original_code', 'one_column', 'one_column_half', 'no_lrn',
+           'non_overlapping_pool', 'tanh', 'no_conv4', 'no_dropout', 'no_pca_lighting',
+           'no_crop_flip', 'bf16', 'he', 'caffe', 'bvlc_biases', 'bvlc_init')
 
 
 def get_config(arg=''):
@@ -55,6 +65,10 @@ def get_config(arg=''):
   config.model.pool_window = 3  # Overlapping pooling z = 3, s = 2 (Section 3.4).
   config.model.pool_stride = 2
   config.model.dropout_rate = 0.5  # fc6 and fc7 (Section 4.2).
+  # Output channels of conv1-conv5 and units of fc6, fc7, both columns together (3.5).
+  config.model.widths = (96, 256, 384, 384, 256, 4096, 4096)
+  config.model.activation = 'relu'  # 'tanh' for every ReLU (Section 3.1, Figure 1).
+  config.model.removed_layer = ''  # 'conv3' | 'conv4' | 'conv5': one fewer (Section 7).
   # 'paper' | 'original_code' (conv3-5 std 0.03) | 'bvlc' (fc6-7 std 0.005) | 'he'.
   config.model.init_scheme = 'paper'
   config.model.init_bias = 1.0  # Biases of conv2, conv4, conv5, fc6, fc7 (Section 5).
@@ -132,6 +146,11 @@ def get_config(arg=''):
   config.on_nan = 'stop'  # 'stop' at a NaN/inf loss; 'skip' skips the step and counts.
   config.distributed = False  # jax.distributed.initialize() (also if the env asks).
 
+  return apply_presets(config, arg)
+
+
+def apply_presets(config, arg):
+  """`config` with the comma-separated PRESETS of `arg` applied in order."""
   for preset in filter(None, (arg or '').split(',')):
     _apply_preset(config, preset.strip())
   return config
@@ -149,6 +168,23 @@ def _apply_preset(config, preset):
   elif preset == 'one_column':
     config.model.columns = 1
     config.mesh.model = 1
+  elif preset == 'one_column_half':
+    config.model.columns = 1
+    config.model.widths = (48, 128, 192, 192, 256, 4096, 4096)
+    config.mesh.model = 1
+  elif preset == 'tanh':
+    config.model.activation = 'tanh'
+  elif preset == 'no_conv4':
+    config.model.removed_layer = 'conv4'
+  elif preset == 'no_dropout':
+    config.model.dropout_rate = 0.0
+  elif preset == 'no_pca_lighting':
+    config.data.pca_lighting_std = 0.0
+  elif preset == 'no_crop_flip':
+    # The crop is the whole resized image: one position, so no translation, and no flip.
+    # Applied after any change of image_size (configs/ablation.py applies presets last).
+    config.data.resize_size = config.data.image_size
+    config.data.flip = False
   elif preset == 'no_lrn':
     config.model.lrn = False
   elif preset == 'non_overlapping_pool':

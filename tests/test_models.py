@@ -59,13 +59,14 @@ def param_counts(params):
 
 
 @functools.lru_cache(maxsize=None)
-def random_params(columns=2, seed=0):
+def random_params(columns=2, seed=0, widths=models.WIDTHS, removed_layer=''):
   """He-scaled random weights and N(0, 1) biases in the model's layout, 10 classes.
 
   Drawn with NumPy from the shapes alone (cheaper than model.init); biases are not zero
   so that their conversion to PyTorch is checked too. Cached: treat as read-only.
   """
-  _, variables = abstract_init(models.AlexNet(num_classes=10, columns=columns))
+  _, variables = abstract_init(models.AlexNet(num_classes=10, columns=columns, widths=widths,
+                                              removed_layer=removed_layer))
   rng = np.random.default_rng(seed)
   draw = lambda shape, std: (std * rng.standard_normal(shape, np.float32)).astype(np.float32)
   return {name: {'kernel': draw(layer['kernel'].shape,
@@ -226,6 +227,22 @@ def test_parameter_counts_one_column():
   assert param_counts(variables['params']) == want
   # Only the column-local layers change: each sees all 96, 256 or 384 input maps now.
   assert sum(want.values()) == 60_965_224 + (307_200 + 663_552 + 442_368)
+
+
+def test_parameter_counts_of_the_claims_variants():
+  """The one-column comparison net (layers-145-half) and the net without conv4, by hand."""
+  conv = lambda k, cin, cout, groups=1: k * k * cin // groups * cout + cout
+  fc = lambda cin, cout: cin * cout + cout
+  dense = fc(6 * 6 * 256, 4096) + fc(4096, 4096) + fc(4096, 1000)
+  half = alexnet.get_config('one_column_half').model
+  _, variables = abstract_init(models.AlexNet(**{**half, 'num_classes': 1000}))
+  assert sum(param_counts(variables['params']).values()) == (
+      conv(11, 3, 48) + conv(5, 48, 128) + conv(3, 128, 192) + conv(3, 192, 192)
+      + conv(3, 192, 256) + dense) == 59_798_312
+  _, variables = abstract_init(models.AlexNet(num_classes=1000, removed_layer='conv4'))
+  counts = param_counts(variables['params'])
+  assert 'conv4' not in counts and counts['conv5'] == conv(3, 384, 256, groups=2)
+  assert sum(counts.values()) == 60_965_224 - conv(3, 384, 384, groups=2) == 60_301_288
 
 
 # --- Initialisation ------------------------------------------------------------------
@@ -477,7 +494,8 @@ def test_presets_build_a_model_that_runs(preset):
   assert param_counts(variables['params'])['fc8'] == 4096 * 1000 + 1000
   # Runs, with parameters of its layout (fc8 cut to 10 classes to keep this fast).
   model = models.AlexNet(**{**cfg.model, 'num_classes': 10})
-  logits = jax_forward(model, random_params(cfg.model.columns), images(1, size))
+  shape = {k: cfg.model[k] for k in ('columns', 'widths', 'removed_layer')}
+  logits = jax_forward(model, random_params(**shape), images(1, size))
   assert logits.shape == (1, 10) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
 
@@ -508,6 +526,10 @@ def test_unknown_preset():
     ({'group_impl': 'loop'}, r"model\.group_impl='loop'.*'split'"),
     ({'lrn_impl': 'fast'}, r"model\.lrn_impl='fast'.*'custom'"),
     ({'pool_impl': 'reduce_window'}, r"model\.pool_impl='reduce_window'.*'xla'"),
+    ({'widths': (96, 256, 384)}, r'model\.widths=\(96, 256, 384\) must be 7 positive'),
+    ({'widths': (95, 256, 384, 384, 256, 4096, 4096)}, r'multiple of model\.columns'),
+    ({'activation': 'gelu'}, r"model\.activation='gelu'.*'tanh'"),
+    ({'removed_layer': 'conv1'}, r"model\.removed_layer='conv1'.*'conv4'"),
 ])
 def test_bad_model_values(kwargs, message):
   config = alexnet.get_config()
@@ -526,7 +548,12 @@ PARITY_CASES = {
     'original_code': {'lrn1_before_relu': True, 'spatial_norm': True},
     'valid_227_pool_2': {'conv1_padding': 'valid', 'pool_window': 2},
     'caffe': {'conv1_padding': 'valid', 'lrn_k': 1.0, 'lrn_across_columns': True},
+    'one_column_half': {'columns': 1, 'widths': (48, 128, 192, 192, 256, 4096, 4096)},
+    'tanh': {'activation': 'tanh'},
+    'no_conv3': {'removed_layer': 'conv3'},
+    'no_conv4': {'removed_layer': 'conv4'},
 }
+SHAPE_FIELDS = ('columns', 'widths', 'removed_layer')
 
 
 def torch_logits(kwargs, params, x):
@@ -539,7 +566,7 @@ def torch_logits(kwargs, params, x):
 @pytest.mark.parametrize('case', PARITY_CASES)
 def test_parity_with_pytorch(case):
   kwargs = PARITY_CASES[case]
-  params = random_params(columns=kwargs.get('columns', 2))
+  params = random_params(**{k: v for k, v in kwargs.items() if k in SHAPE_FIELDS})
   x = images(2, 227 if kwargs.get('conv1_padding') == 'valid' else 224)
   got = jax_forward(models.AlexNet(num_classes=10, **kwargs), params, x)
   want = torch_logits(kwargs, params, x)

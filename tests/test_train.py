@@ -173,6 +173,30 @@ def test_top5_is_top_k_of_the_classes_there_are():
   assert sums['top1_correct'] < 8
 
 
+def test_ten_views_also_score_the_centre_view_alone():
+  """With views, the step also counts the centre view's own top-1/top-5 (view 2 of
+  preprocessing.ten_views), equal to a one-view evaluation of that view."""
+  config = small_config(num_classes=4)
+  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
+                           jax.devices()[:1])
+  model = models.AlexNet(**config.model)
+  params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
+                      train=False)['params']
+  step = train.make_eval_step(model, mesh, params, jnp.asarray(preprocessing.CHANNEL_MEAN))
+  rng = np.random.default_rng(0)
+  views = rng.integers(0, 256, (8, 10, SIZE, SIZE, 3), np.uint8)
+  labels, mask = rng.integers(0, 4, 8).astype(np.int32), np.arange(8) < 7
+  ten = jax.device_get(step(params, train.global_batch(
+      mesh, {'image': views, 'label': labels, 'mask': mask})))
+  centre = jax.device_get(step(params, train.global_batch(
+      mesh, {'image': views[:, preprocessing.VIEWS.index('center')], 'label': labels,
+             'mask': mask})))
+  assert 'centre_top1_correct' not in centre
+  assert ten['centre_top1_correct'] == centre['top1_correct']
+  assert ten['centre_top5_correct'] == centre['top5_correct']
+  assert ten['count'] == centre['count'] == 7
+
+
 def test_the_layout_is_declared_by_parameter_name():
   """PARAM_LAYOUT's rules place each parameter by its path; an unnamed one is an error."""
   shapes = {'conv1': {'kernel': (11, 11, 3, 96), 'bias': (96,)}, 'fc8': {'kernel': (4096, 10)}}

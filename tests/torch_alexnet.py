@@ -23,7 +23,8 @@ from torch import nn
 # it computes.
 FIELDS = ('num_classes', 'columns', 'lrn', 'lrn_size', 'lrn_k', 'lrn_alpha', 'lrn_beta',
           'pool_window', 'pool_stride', 'dropout_rate', 'init_scheme', 'lrn1_before_relu',
-          'spatial_norm', 'conv1_padding', 'lrn_across_columns')
+          'spatial_norm', 'conv1_padding', 'lrn_across_columns', 'widths', 'activation',
+          'removed_layer')
 
 CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 DENSES = ('fc6', 'fc7', 'fc8')
@@ -67,7 +68,9 @@ class AlexNet(nn.Module):
   def __init__(self, num_classes=1000, columns=2, lrn=True, lrn_size=5, lrn_k=2.0,
                lrn_alpha=1e-4, lrn_beta=0.75, pool_window=3, pool_stride=2,
                dropout_rate=0.5, init_scheme='paper', lrn1_before_relu=False,
-               spatial_norm=False, conv1_padding='paper', lrn_across_columns=False):
+               spatial_norm=False, conv1_padding='paper', lrn_across_columns=False,
+               widths=(96, 256, 384, 384, 256, 4096, 4096), activation='relu',
+               removed_layer=''):
     super().__init__()
     if columns not in (1, 2):
       raise ValueError(f'columns={columns}: the network has 1 or 2 columns.')
@@ -78,14 +81,19 @@ class AlexNet(nn.Module):
     self.use_spatial_norm = spatial_norm
     self.conv1_padding = conv1_padding
     g = columns
-    self.conv1 = nn.Conv2d(3, 96, 11, stride=4)
-    self.conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=g)
-    self.conv3 = nn.Conv2d(256, 384, 3, padding=1)
-    self.conv4 = nn.Conv2d(384, 384, 3, padding=1, groups=g)
-    self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=g)
-    self.fc6 = nn.Linear(256 * 6 * 6, 4096)
-    self.fc7 = nn.Linear(4096, 4096)
-    self.fc8 = nn.Linear(4096, num_classes)
+    c1, c2, c3, c4, c5, f6, f7 = widths
+    self.act = {'relu': F.relu, 'tanh': torch.tanh}[activation]
+    self.convs = tuple(n for n in CONVS if n != removed_layer)
+    self.conv1 = nn.Conv2d(3, c1, 11, stride=4)
+    self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, groups=g)
+    cin = c2
+    for name, cout, groups in (('conv3', c3, 1), ('conv4', c4, g), ('conv5', c5, g)):
+      if name in self.convs:
+        setattr(self, name, nn.Conv2d(cin, cout, 3, padding=1, groups=groups))
+        cin = cout
+    self.fc6 = nn.Linear(cin * 6 * 6, f6)
+    self.fc7 = nn.Linear(f6, f7)
+    self.fc8 = nn.Linear(f7, num_classes)
     self.lrn = (ColumnLRN(1 if lrn_across_columns else columns, lrn_size, lrn_alpha,
                           lrn_beta, lrn_k) if lrn else nn.Identity())
     self.pool = nn.MaxPool2d(pool_window, pool_stride)
@@ -95,7 +103,7 @@ class AlexNet(nn.Module):
   @torch.no_grad()
   def reset_parameters(self, init_scheme='paper'):
     """The paper's (Section 5), the original code's or He initialisation."""
-    for name in CONVS + DENSES:
+    for name in self.convs + DENSES:
       layer = getattr(self, name)
       if init_scheme == 'he':
         nn.init.kaiming_normal_(layer.weight, nonlinearity='relu')
@@ -112,21 +120,21 @@ class AlexNet(nn.Module):
     feats = {}
     if self.conv1_padding == 'paper':
       x = F.pad(x, (0, 3, 0, 3))  # (left, right, top, bottom) of the last two axes.
+    act = self.act
     x = self.conv1(x)
-    feats['conv1'] = F.relu(x)
-    x = F.relu(self.lrn(x)) if self.lrn1_before_relu else self.lrn(F.relu(x))
+    feats['conv1'] = act(x)
+    x = act(self.lrn(x)) if self.lrn1_before_relu else self.lrn(act(x))
     x = self.pool(x)
-    x = feats['conv2'] = F.relu(self.conv2(x))
+    x = feats['conv2'] = act(self.conv2(x))
     x = self.lrn(x)
     if self.use_spatial_norm:
       x = spatial_norm(x)
     x = self.pool(x)
-    x = feats['conv3'] = F.relu(self.conv3(x))
-    x = feats['conv4'] = F.relu(self.conv4(x))
-    x = feats['conv5'] = F.relu(self.conv5(x))
+    for name in self.convs[2:]:
+      x = feats[name] = act(getattr(self, name)(x))
     x = feats['pool5'] = self.pool(x)
-    x = feats['fc6'] = F.relu(self.fc6(torch.flatten(x, 1)))
-    x = feats['fc7'] = F.relu(self.fc7(self.dropout(x)))
+    x = feats['fc6'] = act(self.fc6(torch.flatten(x, 1)))
+    x = feats['fc7'] = act(self.fc7(self.dropout(x)))
     feats['logits'] = self.fc8(self.dropout(x))
     return feats
 
@@ -142,15 +150,16 @@ def flax_to_torch(params):
   fc6's input is pool5 flattened: ours in (h, w, c) order, torch's in (c, h, w).
   """
   state = {}
-  for name in CONVS:
+  convs = [name for name in CONVS if name in params]
+  for name in convs:
     state[f'{name}.weight'] = np.transpose(np.asarray(params[name]['kernel']), (3, 2, 0, 1))
   for name in DENSES:
     state[f'{name}.weight'] = np.asarray(params[name]['kernel']).T
   w6 = np.asarray(params['fc6']['kernel'])  # [h * w * c, units]
-  channels = np.asarray(params['conv5']['kernel']).shape[-1]
+  channels = np.asarray(params[convs[-1]]['kernel']).shape[-1]
   side = int(round((w6.shape[0] // channels) ** 0.5))
   w6 = w6.reshape(side, side, channels, -1).transpose(2, 0, 1, 3).reshape(w6.shape)
   state['fc6.weight'] = w6.T
-  for name in CONVS + DENSES:
+  for name in convs + list(DENSES):
     state[f'{name}.bias'] = np.asarray(params[name]['bias'])
   return {k: torch.tensor(np.asarray(v, np.float32)) for k, v in state.items()}
