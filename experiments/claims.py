@@ -271,6 +271,30 @@ def next_run(claims, runs, reproduction_seeds=(), reproduction_runs=()):
   return None
 
 
+def power(path, seeds=(3, 5, 10)):
+  """The estimate that chose the setting, from the 12 runs of the earlier 2 x 2 result
+  (experiments/results/ablations_imagenette.json: LRN x pooling, seeds 0-2, this scale).
+
+  Returns {'within_sd': pooled standard deviation of one configuration's top-1 error over
+  seeds (points), 'simple_sd' and 'main_sd': the standard deviation over seeds of a
+  simple paired contrast and of a 2 x 2 main effect (pooled over LRN and pooling),
+  'half_width': {n: (simple, main)}: the 95% half-widths n seeds would give}.
+  """
+  with open(path) as fh:
+    runs = json.load(fh)['runs']
+  top1 = lambda name: {r['seed']: 100 * r['top1_error'] for r in runs[name]}
+  a, b = top1('LRN, overlapping pool'), top1('no LRN, overlapping pool')
+  c, d = top1('LRN, non-overlapping pool'), top1('no LRN, non-overlapping pool')
+  pooled = lambda groups: math.sqrt(sum(statistics.variance(g) for g in groups) / len(groups))
+  within = pooled([list(x.values()) for x in (a, b, c, d)])
+  simple = pooled([[a[s] - b[s] for s in a], [a[s] - c[s] for s in a]])
+  main = pooled([[(a[s] - b[s] + c[s] - d[s]) / 2 for s in a],
+                 [(a[s] - c[s] + b[s] - d[s]) / 2 for s in a]])
+  return {'within_sd': within, 'simple_sd': simple, 'main_sd': main,
+          'half_width': {n: (t_975(n - 1) * simple / math.sqrt(n),
+                             t_975(n - 1) * main / math.sqrt(n)) for n in seeds}}
+
+
 # --- The result file -------------------------------------------------------------------
 
 def earlier_results(path, overrides):
