@@ -1,5 +1,5 @@
-"""The ablations of Sections 3.3 and 3.4 on Imagenette, at reduced scale (README
-"Experiments"): LRN on/off x overlapping (3/2) / non-overlapping (2/2) pooling.
+"""The ablations of Sections 3.3 and 3.4 on Imagenette, at reduced scale
+(docs/experiments.md): LRN on/off x overlapping (3/2) / non-overlapping (2/2) pooling.
 
 Each variant is a preset of configs/alexnet.py, and each run one command:
 
@@ -18,7 +18,7 @@ evaluation on the 947 held-out images at the end.
 
 from configs import imagenette
 
-# The initialisation that trains (README "Experiments": the paper's leaves chance only
+# The initialisation that trains (docs/experiments.md: the paper's leaves chance only
 # with its biases at 0.1, as Caffe's replication found).
 RECIPE = 'bvlc_biases'
 # name -> presets; the first is the paper's network.
