@@ -7,7 +7,7 @@ Sources (`config.data.dataset`):
                checkpoint's classes, e.g. ImageNet's WordNet ids), else the sorted class
                folders of the train split, else those of the split read.
   a TFDS name  e.g. 'imagenet2012', prepared from the official tars by
-               `python -m alexnet_jax.prepare imagenet2012` (README, "ImageNet").
+               `python -m alexnet_jax.prepare imagenet2012` (docs/data.md, "ImageNet").
   'records'    decoded 256 x 256 images in NumPy shards (records.py) under data_dir,
                written from a folder or TFDS by `python -m alexnet_jax.prepare records`:
                the fast way to train (no JPEG decoding; benchmarks/NOTES.md, item 16).
@@ -96,7 +96,7 @@ def _check_folder(data, path):
         f"Dataset folder {path} does not exist (config.data.dataset='folder', "
         f"data_dir={data.data_dir!r}). Expected root/<split>/<class>/<image>: point "
         'config.data.data_dir at such a root, or make one from a folder of class folders '
-        'with `python -m alexnet_jax.prepare split-folder` (README, "Data").')
+        'with `python -m alexnet_jax.prepare split-folder` (docs/data.md).')
 
 
 def _list_folder(data, split):
@@ -185,7 +185,8 @@ def _tfds_builder(data):
         f'TFDS cannot download ImageNet: put the official ILSVRC2012_img_train.tar and '
         f'ILSVRC2012_img_val.tar in a folder and run `python -m alexnet_jax.prepare '
         f'imagenet2012 --manual_dir=FOLDER --data_dir={data.data_dir or "~/tensorflow_datasets"}` '
-        '(README, "ImageNet"), or set config.data.dataset and data_dir to a prepared dataset.')
+        '(docs/data.md, "ImageNet"), or set config.data.dataset and data_dir to a prepared '
+        'dataset.')
   return builder
 
 
@@ -201,7 +202,7 @@ def _records_root(data, split=None):
         f"No records {'of split ' + repr(split) + ' ' if split else ''}in data_dir="
         f"{data.data_dir!r} (config.data.dataset='records'; expected {expected}). Write them "
         'once from a folder or a TFDS dataset with `python -m alexnet_jax.prepare records --dataset='
-        'folder|imagenet2012 --data_dir=SOURCE --out=ROOT` (README, "Data") and set '
+        'folder|imagenet2012 --data_dir=SOURCE --out=ROOT` (docs/data.md, "Records") and set '
         'config.data.data_dir=ROOT.')
   return root
 

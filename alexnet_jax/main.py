@@ -3,7 +3,7 @@
 Config fields are overridden on the command line (`--config.batch_size=256`); a preset
 follows the file name (`--config=configs/alexnet.py:original_code`). Rerunning with the
 same --workdir resumes from its latest checkpoint. Several hosts: one process per host,
-connected by JAX's distributed runtime (README, "Several machines").
+connected by JAX's distributed runtime (docs/training.md, "Several machines").
 """
 
 import os

@@ -13,7 +13,7 @@ crop, flip, PCA lighting, batching; `input_pipeline.create_split`) after a warm-
 format in turn within each repeat (alternating which goes first), a fresh iterator each
 time; reports medians. images/s/core divides by the cores this process may use; the
 process's CPU time gives images per CPU-second, which other jobs on the machine move less.
-The first format (records, what the README recommends for training) gives the JSON's
+The first format (records, what docs/data.md recommends for training) gives the JSON's
 `train_images_per_sec_per_core`; every format has a row, with its bytes per image and
 for ImageNet's 1,281,167 training images. The 10-view evaluation pipeline is timed too
 (--eval_batch images a batch: each is ten 224 x 224 x 3 views, 1.5 MB).

@@ -27,12 +27,12 @@ Presets (comma-separated, `--config=configs/alexnet.py:original_code,bf16`):
   bvlc_biases           the paper's initialisation with the biases of conv2, conv4, conv5,
                         fc6, fc7 at 0.1 instead of 1: the one change Caffe's replication
                         made to train ("initialization to 1 gave flat loss"; measured here:
-                        experiments/init_scales.py, README "Experiments").
+                        experiments/init_scales.py, docs/experiments.md).
   bvlc_init             Caffe's replication's whole initialisation: biases 0.1 and fc6, fc7
                         weights N(0, 0.005).
   caffe                 Caffe's replication, bvlc_alexnet, as its network and preprocessing
-                        compute (BVLC/caffe models/bvlc_alexnet, README "Published
-                        weights"): LRN k = 1 with the window across both columns, 227 x 227
+                        compute (BVLC/caffe models/bvlc_alexnet, docs/weights.md): LRN k = 1
+                        with the window across both columns, 227 x 227
                         input with no padding in conv1, images resized to 256 x 256
                         ignoring the aspect ratio, BGR, Caffe's channel means, no PCA
                         lighting, centre-crop evaluation. `python -m alexnet_jax.convert`
@@ -77,7 +77,7 @@ def get_config(arg=''):
   config.model.conv1_padding = 'paper'  # 224 input padded (0, 3); 'valid' = Caffe's 227.
   config.model.lrn_across_columns = False  # LRN window inside a column (code); Caffe: True.
   # How LRN, max pooling and the column-local convolutions are computed: the same values
-  # and gradients. 'auto': by backend (alexnet_jax.models.IMPLS; README "Switches").
+  # and gradients. 'auto': by backend (alexnet_jax.models.IMPLS; docs/network.md, "Switches").
   config.model.lrn_impl = 'auto'  # 'custom': hand-written gradient; 'xla': autodiff.
   config.model.pool_impl = 'auto'  # 'custom': hand-written gradient; 'xla': nn.max_pool.
   config.model.group_impl = 'auto'  # 'split': two convs; 'feature_group': one grouped.

@@ -1,7 +1,7 @@
 """Caffe's bvlc_alexnet in PyTorch: the oracle for alexnet_jax.convert and the 'caffe' preset.
 
 Written from Caffe's definition of the network (models/bvlc_alexnet/deploy.prototxt,
-caffe.proto; README "Published weights"), not from models.py or convert.py: NCHW input,
+caffe.proto; docs/weights.md), not from models.py or convert.py: NCHW input,
 BGR, 227 x 227; conv1 11/4 without padding; conv2, conv4, conv5 with groups=2; LRN over
 all the channels of the layer (across the groups) with local_size 5, alpha 1e-4 divided by
 the size, beta 0.75 and k = 1, which is `nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)`; max

@@ -2,7 +2,7 @@
 
 benchmarks/train_step.py, benchmarks/forward.py, benchmarks/paths.py and
 benchmarks/end_to_end.py run in --fast mode (tiny batches, one timed step per repeat) as
-the README's commands run them, and must write JSON with positive finite throughputs. Both
+docs/benchmarks.md's commands run them, and must write JSON with positive finite throughputs. Both
 implementations of LRN and max pooling in models.py (hand-written gradients and XLA's
 autodiff) are checked against PyTorch's autograd, an independent implementation.
 """
@@ -66,7 +66,7 @@ def test_benchmark_fast_mode_writes_results(module, mesh_model, tmp_path):
   assert 'ratio' in stdout and 'jax img/s' in stdout  # The printed table.
 
 
-@pytest.mark.slow  # 35 s; run by hand with the benchmarks (README "Benchmarks").
+@pytest.mark.slow  # 35 s; run by hand with the benchmarks (docs/benchmarks.md).
 def test_end_to_end_fast_mode_writes_results(tmp_path):
   """benchmarks/end_to_end.py: the pipeline feeding the real step, and the step alone."""
   out = tmp_path / 'e2e.json'

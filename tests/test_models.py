@@ -29,7 +29,7 @@ K, SIZE, ALPHA, BETA = 2.0, 5, 1e-4, 0.75
 PAPER_SHAPES = {'conv1': (55, 55, 96), 'conv2': (27, 27, 256), 'conv3': (13, 13, 384),
                 'conv4': (13, 13, 384), 'conv5': (13, 13, 256), 'pool5': (6, 6, 256),
                 'fc6': (4096,), 'fc7': (4096,), 'logits': (1000,)}
-# The parameter counts (weights + biases) of the two-column net (README, "The network").
+# The parameter counts (weights + biases) of the two-column net (docs/network.md).
 PAPER_COUNTS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120, 'conv4': 663_936,
                 'conv5': 442_624, 'fc6': 37_752_832, 'fc7': 16_781_312, 'fc8': 4_097_000}
 
@@ -466,7 +466,7 @@ def test_dropout():
 
 @pytest.fixture(scope='module')
 def public_api():
-  """The README's snippet, exactly as written; its variables also serve the init test."""
+  """docs/network.md's snippet, exactly as written; its variables also serve the init test."""
   key = jax.random.key(0)
   images_ = jnp.asarray(images(2))
 
