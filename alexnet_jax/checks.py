@@ -8,6 +8,7 @@ ValueError (FileNotFoundError for missing data) that names the field and the fix
 library's functions assume a validated config and do not check again.
 """
 
+from alexnet_jax import data_source
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
@@ -54,11 +55,10 @@ def _rules(config):
       ('model.group_impl', m.group_impl in models.GROUP_IMPLS,
        f'must be one of {models.GROUP_IMPLS}'),
       ('model.dtype', m.dtype in DTYPES, f'must be one of {DTYPES}'),
-      ('data.dataset', bool(d.dataset), "must name a TFDS dataset or be 'folder' or "
-       "'records'"),
-      ('data.data_dir', d.dataset not in ('folder', 'records') or bool(d.data_dir),
-       "must name the folder's root (root/<split>/<class>/<image>), or the records' "
-       "(prepare records), when dataset='folder' or 'records'"),
+      ('data.dataset', bool(d.dataset),
+       f'must name a TFDS dataset or be one of {tuple(input_pipeline.SOURCES)}'),
+      ('data.data_dir', bool(d.data_dir) or not input_pipeline.source(d).data_dir,
+       f'must name {input_pipeline.source(d).data_dir} when dataset={d.dataset!r}'),
       ('data.resize_size', d.resize_size >= 1, 'must be >= 1 (the paper: 256)'),
       ('data.image_size', 0 < d.image_size <= d.resize_size,
        'must be positive and at most data.resize_size'),
@@ -68,8 +68,8 @@ def _rules(config):
        "must be 'channel', 'image' or a .npy file holding a [h, w, 3] RGB mean image"),
       ('data.channel_order', d.channel_order in preprocessing.CHANNEL_ORDERS,
        f'must be one of {preprocessing.CHANNEL_ORDERS}'),
-      ('data.resize_mode', d.resize_mode in input_pipeline.RESIZE_MODES,
-       f'must be one of {input_pipeline.RESIZE_MODES}'),
+      ('data.resize_mode', d.resize_mode in data_source.RESIZE_MODES,
+       f'must be one of {data_source.RESIZE_MODES}'),
       ('data.std', d.std > 0, 'must be positive'),
       ('data.pca_lighting_std', d.pca_lighting_std >= 0, 'must be >= 0'),
       ('data.shuffle_buffer', d.shuffle_buffer >= 1, 'must be >= 1'),

@@ -21,10 +21,10 @@ import tqdm
 
 from alexnet_jax import checkpointing
 from alexnet_jax import console
+from alexnet_jax import data_source
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import preprocessing
-from alexnet_jax import records
 
 
 def load(workdir, step=None, device=None):
@@ -75,7 +75,7 @@ def extract(extract_fn, params, batches, progress=True):
     keep = batch['mask']
     feats = jax.device_get(extract_fn(params, batch['image']))
     feats.update(label=batch['label'],
-                 file_name=np.array([input_pipeline.display_name(n) for n in batch['file_name']]))
+                 file_name=np.array([data_source.display_name(n) for n in batch['file_name']]))
     for k, v in feats.items():
       out.setdefault(k, []).append(np.asarray(v)[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
@@ -86,11 +86,7 @@ def data_config(config, data=''):
   records`) or TFDS dataset."""
   data_config = config.data.copy_and_resolve_references()
   if data:
-    if os.path.isdir(data):
-      is_records = os.path.exists(os.path.join(data, records.CLASSES_FILE))
-      data_config.dataset = 'records' if is_records else 'folder'
-    else:
-      data_config.dataset = data
+    data_config.dataset = input_pipeline.dataset_at(data)
     data_config.data_dir = data if os.path.isdir(data) else ''
   return data_config
 

@@ -2,7 +2,7 @@
 
     python -m alexnet_jax.predict --workdir=DIR IMAGE [IMAGE ...] [--top=5] [--views=1|10]
 
-Each image is preprocessed as the run evaluates (`input_pipeline.eval_image`: resize,
+Each image is preprocessed as the run evaluates (`data_source.eval_image`: resize,
 centre crop or ten views, mean, channel order) and the softmax outputs (averaged over
 views) are ranked. Classes are named by the checkpoint's config.data.class_names, or its
 dataset's classes; WordNet ids of ImageNet classes also get their names
@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import console
+from alexnet_jax import data_source
 from alexnet_jax import evaluate
 from alexnet_jax import features
 from alexnet_jax import input_pipeline
@@ -52,8 +53,8 @@ def predict(workdir, paths, top=5, views=1, batch_size=32, step=None):
   labels = class_labels(config)
   results = []
   for start in range(0, len(paths), batch_size):
-    images = np.stack([input_pipeline.eval_image(tf.io.read_file(p), size, views,
-                                                 config.data).numpy()
+    images = np.stack([data_source.eval_image(tf.io.read_file(p), size, views,
+                                              config.data).numpy()
                        for p in paths[start:start + batch_size]])
     for probs in evaluate.probabilities(fn, params, images):
       best = np.argsort(-probs, kind='stable')[:top]

@@ -107,12 +107,14 @@ def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024,
   written = {}
   for split in splits:
     total = input_pipeline.num_examples(data, split)
+    under = os.fsencode(os.path.join(input_pipeline.source(data).directory(data), split, ''))
     with tqdm.tqdm(total=total, desc=f'records {split}') as progress:
 
       def batches():
         for images, labels, names in _stored_images(data, split, size):
-          if dataset == 'folder':  # root/<split>/<class>/<file> -> <class>/<file>
-            names = [b'/'.join(n.split(os.sep.encode())[-2:]) for n in names]
+          # A file under the split's folder is named relative to it: <class>/<file>.
+          names = [n[len(under):].replace(os.sep.encode(), b'/') if n.startswith(under)
+                   else n for n in names]
           yield images, labels, names
           progress.update(len(images))
 
@@ -124,9 +126,9 @@ def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024,
 def compute_mean(dataset, data_dir, split='train', size=256):
   """The mean size x size image over `split`; saved to input_pipeline.mean_image_path."""
   data = _data_config(dataset, data_dir)
-  if dataset == 'records':  # At the size and resize mode they were stored with.
-    stored = records.open_split(os.path.abspath(os.path.expanduser(data_dir)), split)
-    size, data.resize_mode = stored.size, stored.resize_mode
+  stored = input_pipeline.source(data).stored_size(data, split)
+  if stored:  # At the size and resize mode the images are stored with.
+    size, data.resize_mode = stored
   mean_image = preprocessing.mean_image(
       images for images, _, _ in _stored_images(data, split, size))
   path = input_pipeline.mean_image_path(data)
