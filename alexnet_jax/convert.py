@@ -214,7 +214,7 @@ def write_workdir(params, config, out, mean=None):
     raise FileExistsError(f'{directory} already holds checkpoints; convert into a new --out.')
   if mean is not None:
     np.save(os.path.join(out, MEAN_FILE), np.asarray(mean, np.float32))
-    config.data.mean = MEAN_FILE  # Relative: features.load reads it from the workdir.
+    config.data.mean = MEAN_FILE  # Relative: inference.load reads it from the workdir.
   # One device: a checkpoint restores on any mesh. The learning-rate schedule is not part
   # of the state, so any steps_per_epoch gives the state training builds.
   mesh = train.create_mesh(ml_collections.ConfigDict({'model': 1, 'data': 1}),

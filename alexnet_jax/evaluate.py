@@ -3,13 +3,13 @@
     python -m alexnet_jax.evaluate --workdir=DIR [--data=FOLDER_OR_TFDS] \
         [--split=validation] [--views=1|10] [--real=real.json] [--out=FILE.json]
 
-Restores the checkpoint in DIR onto one device (features.load: trained on any mesh, or
+Restores the checkpoint in DIR onto one device (inference.load: trained on any mesh, or
 written by `convert`) and runs the network over every image of the split, with the
 run's own preprocessing (crop size, resize, mean, channel order; `input_pipeline`'s
 evaluation path): the centre crop, or the paper's ten views with the softmax outputs
-averaged. Labels are the checkpoint's classes (config.data.class_names, e.g. ImageNet's
-WordNet ids, matched to class folder names), so a folder that holds only the evaluated
-split works.
+averaged, scored as training scores them (inference.scores). Labels are the checkpoint's
+classes (config.data.class_names, e.g. ImageNet's WordNet ids, matched to class folder
+names), so a folder that holds only the evaluated split works.
 
 --real scores ImageNet-ReaL (Beyer et al. 2020) too: real.json is a list with one entry
 per ILSVRC-2012 validation image in file-name order (ILSVRC2012_val_00000001.JPEG first),
@@ -23,30 +23,15 @@ import re
 
 from absl import app
 from absl import flags
-import jax.numpy as jnp
+import jax
 import numpy as np
 import tqdm
 
 from alexnet_jax import console
-from alexnet_jax import features
+from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 
 _VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})')
-
-
-def probabilities(extract_fn, params, images):
-  """Softmax outputs [b, classes] (float64), averaged over views.
-
-  images: uint8 [b, s, s, 3] or [b, views, s, s, 3]; extract_fn from
-  features.make_extract_fn(..., ['logits'], ...).
-  """
-  lead = images.shape[:-3]
-  logits = np.asarray(extract_fn(params, images.reshape((-1,) + images.shape[-3:]))['logits'],
-                      np.float64)
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
-  probs = probs.reshape(lead + probs.shape[-1:])
-  return probs.mean(axis=1) if probs.ndim == 3 else probs
 
 
 def real_labels(path):
@@ -78,27 +63,27 @@ def evaluate(workdir, data='', split='validation', views=1, batch_size=64, real=
     'views', 'split', 'dataset', 'data_dir'}, and with `real` 'real_top1_error' and
     'real_count' (images with a non-empty ReaL list).
   """
-  model, params, config = features.load(workdir, step)
-  data_config = features.data_config(config, data)
+  model, params, config = inference.load(workdir, step)
+  data_config = inference.data_config(config, data)
   size = config.data.image_size
   batches = input_pipeline.create_split(
       data_config, split, global_batch_size=batch_size, train=False, image_size=size,
       num_views=views, shard=(0, 1), with_file_names=real is not None)
-  fn = features.make_extract_fn(model, ['logits'],
-                                jnp.asarray(input_pipeline.mean(data_config, size)),
-                                config.data.std, features.channel_order(config))
+  probabilities = inference.make_probabilities_fn(
+      model, **inference.normalization(config, data_config))
+  scores = jax.jit(inference.scores)
   top1 = top5 = loss = count = real_right = real_count = 0
   for batch in tqdm.tqdm(batches, disable=not progress, desc='evaluate'):
     keep = batch['mask']
-    probs = probabilities(fn, params, batch['image'])[keep]
-    labels = batch['label'][keep]
-    ranked = np.argsort(-probs, axis=-1, kind='stable')[:, :5]
-    top1 += int((ranked[:, 0] == labels).sum())
-    top5 += int((ranked == labels[:, None]).any(-1).sum())
-    loss += float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).sum())
-    count += len(labels)
+    probs = probabilities(params, batch['image'])
+    got = {k: np.asarray(v)[keep] for k, v in scores(probs, batch['label']).items()}
+    top1 += int(got['top1_correct'].sum())
+    top5 += int(got['top5_correct'].sum())
+    loss += float(got['loss'].sum(dtype=np.float64))
+    count += int(keep.sum())
     if real is not None:
-      for name, guess in zip(batch['file_name'][keep], ranked[:, 0]):
+      guesses = np.asarray(probs).argmax(-1)[keep]
+      for name, guess in zip(batch['file_name'][keep], guesses):
         judged = real[_real_index(name.decode(), real)]
         if judged:
           real_right += int(guess in judged)

@@ -16,14 +16,12 @@ dataset's classes; WordNet ids of ImageNet classes also get their names
 from absl import app
 from absl import flags
 from absl import logging
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import console
 from alexnet_jax import data_source
-from alexnet_jax import evaluate
-from alexnet_jax import features
+from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 
 
@@ -45,18 +43,16 @@ def predict(workdir, paths, top=5, views=1, batch_size=32, step=None):
   """For each image file in `paths`, [(probability, class name, readable name)], best first."""
   if views not in (1, 10):
     raise ValueError(f'views={views}: use 1 (centre crop) or 10 (the paper\'s views).')
-  model, params, config = features.load(workdir, step)
+  model, params, config = inference.load(workdir, step)
   size = config.data.image_size
-  fn = features.make_extract_fn(model, ['logits'],
-                                jnp.asarray(input_pipeline.mean(config.data, size)),
-                                config.data.std, features.channel_order(config))
+  probabilities = inference.make_probabilities_fn(model, **inference.normalization(config))
   labels = class_labels(config)
   results = []
   for start in range(0, len(paths), batch_size):
     images = np.stack([data_source.eval_image(tf.io.read_file(p), size, views,
                                               config.data).numpy()
                        for p in paths[start:start + batch_size]])
-    for probs in evaluate.probabilities(fn, params, images):
+    for probs in np.asarray(probabilities(params, images)):
       best = np.argsort(-probs, kind='stable')[:top]
       results.append([(float(probs[i]), *labels[i]) for i in best])
   return results

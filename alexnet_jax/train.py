@@ -32,6 +32,7 @@ import tqdm
 
 from alexnet_jax import checkpointing
 from alexnet_jax import checks
+from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
@@ -274,25 +275,16 @@ def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
   local_model = _local(model, axes)
 
   def step(params, batch):
-    images = batch['image']
-    lead = images.shape[:-3]
-    images = preprocessing.normalize(images.reshape((-1,) + images.shape[-3:]), None, mean,
-                                     std=std, channel_order=channel_order)
-    logits = local_model.apply({'params': params}, images, train=False)
-    probs = jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
+    probs = inference.view_probabilities(local_model, params, batch['image'], mean, std,
+                                         channel_order)
     labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
-
-    def correct(probs, prefix=''):
-      top5 = lax.top_k(probs, min(5, probs.shape[-1]))[1]  # Top-2 for a 2-class network.
-      return {prefix + 'top1_correct': (jnp.argmax(probs, -1) == labels) * mask,
-              prefix + 'top5_correct': jnp.any(top5 == labels[:, None], axis=-1) * mask}
-
     sums = {'count': mask}
     if probs.ndim == 3:  # The centre view alone, from the same forward pass.
-      sums.update(correct(probs[:, preprocessing.VIEWS.index('center')], 'centre_'))
+      centre = inference.scores(probs[:, preprocessing.VIEWS.index('center')], labels)
+      sums.update(centre_top1_correct=centre['top1_correct'] * mask,
+                  centre_top5_correct=centre['top5_correct'] * mask)
       probs = probs.mean(axis=1)
-    sums.update(correct(probs))
-    sums['loss'] = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12) * mask
+    sums.update({k: v * mask for k, v in inference.scores(probs, labels).items()})
     # Summed over the batch's shards; the same on both columns (the logits are gathered).
     over_data, over_model = (tuple(a for a in axes if a == name) for name in AXES)
     return jax.tree.map(lambda x: lax.pmean(lax.psum(x.sum(), over_data), over_model), sums)

@@ -3,7 +3,7 @@
     python -m benchmarks.forward --out benchmarks/results/forward_cpu.json
     python -m benchmarks.forward --mesh_model 2      # the model-parallel evaluation step
 
-alexnet_jax, --mesh_model 1: `features.make_extract_fn` (uint8 images normalised on the
+alexnet_jax, --mesh_model 1: `inference.make_features_fn` (uint8 images normalised on the
 device, the forward pass in eval mode, the --layer activations returned), on one device.
 --mesh_model 2: the model-parallel forward of `train.make_eval_step` (logits, softmax and
 top-1/top-5 counts) with a column on each device. The peer: tests/torch_alexnet.py's
@@ -20,7 +20,7 @@ def jax_runner(args, batch, rng):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from alexnet_jax import features, models, preprocessing, train
+  from alexnet_jax import inference, models, preprocessing, train
   from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -33,7 +33,7 @@ def jax_runner(args, batch, rng):
     init = lambda: model.init({'params': jax.random.key(0)}, jnp.zeros((1, size, size, 3)),
                               train=False)['params']
     params = jax.jit(init, out_shardings=jax.sharding.SingleDeviceSharding(device))()
-    fn = features.make_extract_fn(model, [args.layer], mean)
+    fn = inference.make_features_fn(model, [args.layer], mean)
     data = jax.device_put(images, device)
     call, devices = (lambda: fn(params, data)), [device]
   else:
@@ -82,7 +82,7 @@ def main(argv=None):
   p.add_argument('--layer', default='fc7', help='Layer to extract (--mesh_model 1).')
   args = common.parse(p, argv)
   if args.mesh_model == 1:
-    extra = {'jax_fn': 'features.make_extract_fn', 'layer': args.layer}
+    extra = {'jax_fn': 'inference.make_features_fn', 'layer': args.layer}
   else:
     extra = {'jax_fn': 'train.make_eval_step', 'layer': 'logits'}
   return common.run(args, 'forward', jax_runner, peer_runner, common.FORWARD_FLOPS, extra)

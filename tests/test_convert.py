@@ -27,7 +27,7 @@ from alexnet_jax import caffe_proto
 from alexnet_jax import checkpointing
 from alexnet_jax import convert
 from alexnet_jax import evaluate
-from alexnet_jax import features
+from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import predict
@@ -374,8 +374,8 @@ def workdir(files, tmp_path_factory):
 
 
 def test_converted_workdir_restores_with_caffes_config(workdir, blobs, caffe_config):
-  """features.load (checkpointing.restore_params: features, evaluate, predict, fine-tuning)."""
-  _, params, config = features.load(workdir)
+  """inference.load (checkpointing.restore_params: features, evaluate, predict, fine-tuning)."""
+  _, params, config = inference.load(workdir)
   want = convert.from_caffe(blobs, caffe_config)
   for layer in want:
     for k in ('kernel', 'bias'):
@@ -467,8 +467,8 @@ def staged(workdir, blobs, tmp_path_factory):
   folder.mkdir(parents=True)
   for i, src in enumerate(sources, 1):
     shutil.copyfile(src, folder / f'ILSVRC2012_val_{i:08d}.JPEG')
-  _, _, config = features.load(workdir)
-  data = features.data_config(config, str(root))
+  _, _, config = inference.load(workdir)
+  data = inference.data_config(config, str(root))
   mean_bgr = mean_image_bgr()[:, 14:241, 14:241].transpose(1, 2, 0)
   probs = {}
   for views in (1, 10):

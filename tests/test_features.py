@@ -12,6 +12,7 @@ import pytest
 
 from alexnet_jax import checkpointing
 from alexnet_jax import features
+from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import preprocessing
@@ -32,13 +33,13 @@ def workdir(tmp_path_factory):
 
 def test_restored_features_equal_the_live_models(workdir):
   """The model=2 checkpoint restores on one device, and its features are the network's."""
-  model, params, config = features.load(workdir)
+  model, params, config = inference.load(workdir)
   assert config.model.num_classes == 10 and config.mesh.model == 2
   assert all(len(p.sharding.device_set) == 1 for p in jax.tree.leaves(params))
-  data = features.data_config(config)
+  data = inference.data_config(config)
   batch = next(input_pipeline.create_split(data, 'validation', global_batch_size=4,
                                            train=False, image_size=67, shard=(0, 1)))
-  fn = features.make_extract_fn(model, ['pool5', 'fc7', 'logits'],
+  fn = inference.make_features_fn(model, ['pool5', 'fc7', 'logits'],
                                 input_pipeline.mean(data, 67), config.data.std)
   got = fn(params, batch['image'])
   x = preprocessing.normalize(batch['image'], None, input_pipeline.mean(data, 67),
@@ -75,7 +76,7 @@ def test_cli_writes_features_labels_and_names(workdir, tmp_path):
 
 def test_unknown_layer_is_a_clear_error():
   with pytest.raises(ValueError, match='Unknown layer'):
-    features.make_extract_fn(models.AlexNet(num_classes=10), ['fc9'], jnp.zeros(3))
+    inference.make_features_fn(models.AlexNet(num_classes=10), ['fc9'], jnp.zeros(3))
 
 
 def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_read(uninterrupted,
@@ -89,9 +90,9 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_read(uninterru
       if os.path.basename(d) == 'd':
         os.truncate(os.path.join(d, f), os.path.getsize(os.path.join(d, f)) // 2)
   with caplog.at_level('ERROR'):
-    _, params, _ = features.load(str(workdir))
+    _, params, _ = inference.load(str(workdir))
   assert 'Checkpoint' in caplog.text and '/6 is damaged' in caplog.text
   assert 'using the previous one' in caplog.text
-  _, expected, _ = features.load(str(uninterrupted), step=4)
+  _, expected, _ = inference.load(str(uninterrupted), step=4)
   assert_trees_equal(jax.device_get(expected), jax.device_get(params))
   assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ['4', '6']

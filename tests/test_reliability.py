@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from alexnet_jax import checkpointing
-from alexnet_jax import features
+from alexnet_jax import inference
 from alexnet_jax import train
 from configs import imagenette
 from configs import sample
