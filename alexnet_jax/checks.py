@@ -14,9 +14,6 @@ from alexnet_jax import models
 from alexnet_jax import optimizer
 from alexnet_jax import preprocessing
 
-DTYPES = ('float32', 'bfloat16')
-CONV1_PADDINGS = ('paper', 'valid')
-
 
 def _get(config, field):
   value = config
@@ -47,14 +44,14 @@ def _rules(config):
       ('model.removed_layer', m.removed_layer in ('',) + models.REMOVABLE,
        f"must be '' or one of {models.REMOVABLE}"),
       ('model.init_scheme', m.init_scheme in models.INITS, f'must be one of {models.INITS}'),
-      ('model.conv1_padding', m.conv1_padding in CONV1_PADDINGS,
-       f'must be one of {CONV1_PADDINGS}'),
+      ('model.conv1_padding', m.conv1_padding in models.CONV1_PADDINGS,
+       f'must be one of {models.CONV1_PADDINGS}'),
       ('model.lrn_impl', m.lrn_impl in models.LRN_IMPLS, f'must be one of {models.LRN_IMPLS}'),
       ('model.pool_impl', m.pool_impl in models.POOL_IMPLS,
        f'must be one of {models.POOL_IMPLS}'),
       ('model.group_impl', m.group_impl in models.GROUP_IMPLS,
        f'must be one of {models.GROUP_IMPLS}'),
-      ('model.dtype', m.dtype in DTYPES, f'must be one of {DTYPES}'),
+      ('model.dtype', m.dtype in models.DTYPES, f'must be one of {models.DTYPES}'),
       ('data.dataset', bool(d.dataset),
        f'must name a TFDS dataset or be one of {tuple(input_pipeline.SOURCES)}'),
       ('data.data_dir', bool(d.data_dir) or not input_pipeline.source(d).data_dir,

@@ -113,7 +113,7 @@ def mean(data, image_size):
           f'--data_dir={data.data_dir} --split={data.train_split}`.')
   else:
     path = data.mean
-    if not (path.endswith('.npy') and os.path.exists(path)):
+    if not os.path.exists(path):  # checks.validate: a .npy file.
       raise ValueError(f"config.data.mean={data.mean!r}: use 'channel', 'image' or an "
                        'existing .npy file holding a [h, w, 3] RGB mean image.')
   image = np.load(path).astype(np.float32)

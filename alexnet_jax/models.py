@@ -56,6 +56,11 @@ REMOVABLE = ('conv3', 'conv4', 'conv5')
 ACTIVATIONS = ('relu', 'tanh')
 
 INITS = ('paper', 'original_code', 'bvlc', 'he')
+# conv1's padding: 'paper' pads a 224 input (0, 3) as the original code; 'valid' reads
+# Caffe's 227 crops unpadded.
+CONV1_PADDINGS = ('paper', 'valid')
+# Compute dtypes; parameters are float32 either way.
+DTYPES = ('float32', 'bfloat16')
 
 # The values of the implementation fields; 'auto' chooses by backend from IMPLS.
 LRN_IMPLS = ('auto', 'custom', 'xla')

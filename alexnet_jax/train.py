@@ -54,9 +54,6 @@ def mesh_shape(mesh_config, columns, num_devices):
   mesh_config.data: the data-parallel size, -1 for all remaining devices.
   """
   n, model = num_devices, mesh_config.model
-  if model not in (0, 1, 2):
-    raise ValueError(f'config.mesh.model={model} must be 2 (a column per device, as the '
-                     'paper), 1 (no model parallelism) or 0 (2 where the devices allow).')
   why = f'config.mesh.model={model}'
   if model == 0:
     if columns == 1:

@@ -111,9 +111,6 @@ def test_warp_resize_mode_evaluates_and_trains_on_the_warped_image():
   crop, image = batch['image'][0], warped(batch['file_name'][0])
   assert any(np.array_equal(view[y:y + 227, x:x + 227], crop)
              for view in (image, image[:, ::-1]) for y in range(30) for x in range(30))
-  with pytest.raises(ValueError, match="resize_mode='crop'"):
-    next(input_pipeline.create_split(data_config(resize_mode='crop'), 'validation',
-                                     global_batch_size=2, train=False, shard=(0, 1)))
 
 
 def test_labels_from_config_class_names_and_a_folder_with_only_its_split(tmp_path):

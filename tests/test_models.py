@@ -5,8 +5,10 @@ parity tests copy our parameters into it and compare logits.
 """
 
 import collections
+import dataclasses
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ from alexnet_jax import checks
 from alexnet_jax import models
 from configs import alexnet
 from tests import torch_alexnet
+from tests.conftest import REPO
 
 # Per-channel mean of the 0-255 RGB training images (cuda-convnet2; docs/reference.md, Data).
 MEAN_RGB = np.array([127.3, 119.7, 104.9], np.float32)
@@ -517,6 +520,21 @@ def test_torch_peer_from_config():
 def test_unknown_preset():
   with pytest.raises(ValueError, match="Unknown preset 'bogus'.*one_column"):
     alexnet.get_config('bogus')
+
+
+def test_config_model_holds_alexnets_fields_with_its_defaults():
+  """A model field is declared in models.AlexNet (its default) and its rule in checks;
+  configs/alexnet.py's config.model repeats it commented with its source, so this keeps
+  them equal, and docs/network.md's switch table names every switch (all but num_classes,
+  which the data sets)."""
+  set_per_call = ('parent', 'name', 'model_axis', 'data_axis')  # Flax's, and the mesh's.
+  fields = {f.name: f.default for f in dataclasses.fields(models.AlexNet)
+            if f.name not in set_per_call}
+  assert alexnet.get_config().model.to_dict() == fields
+  text = (REPO / 'docs' / 'network.md').read_text()
+  table = text[text.index('| field | default | meaning |'):].split('\n\n')[0]
+  named = {n for row in table.splitlines()[2:] for n in re.findall(r'`(\w+)`', row.split('|')[1])}
+  assert named == set(fields) - {'num_classes'}
 
 
 @pytest.mark.parametrize('kwargs,message', [

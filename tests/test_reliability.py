@@ -184,6 +184,8 @@ def test_unwritable_workdir_is_an_error_before_training(tmp_path):
      r"the splits \['train', 'validation'\]"),
     ('schedule', 'exponential', "schedule='exponential' must be one of"),
     ('mesh.model', 4, 'mesh.model=4 must be 2'),
+    ('data.resize_mode', 'crop', "resize_mode='crop' must be one of"),
+    ('data.mean', 'mean.txt', "mean='mean.txt' must be 'channel', 'image' or a .npy file"),
     ('model.columns', 3, 'columns=3 must be 1 or 2'),
     ('eval_every_steps', 0, 'eval_every_steps=0 must be >= 1'),
 ])
@@ -410,7 +412,7 @@ def test_features_read_a_workdir_while_a_run_writes_it(tmp_path):
   _wait_for(lambda: len(completed_steps(workdir)) >= 1, writer)
   steps_read = []
   while writer.poll() is None:
-    model, params, config = features.load(str(workdir))
+    model, params, config = inference.load(str(workdir))
     steps_read.append(max(completed_steps(workdir) or [0]))
     assert params['fc8']['kernel'].shape == (4096, 10)
   assert writer.returncode == 0, writer.stderr.read()[-3000:]
