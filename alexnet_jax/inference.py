@@ -6,7 +6,8 @@
 
 `view_probabilities` (network, softmax) and `scores` (top-1 / top-5 right, cross-entropy)
 are what every evaluation computes: train's model-parallel eval step calls them per
-device, `evaluate`, `predict` and `features` through the jitted functions here.
+device; `evaluate` and `predict` through `make_probabilities_fn` (and `evaluate` a jitted
+`scores`); `features` and the notebooks use `load` and `make_features_fn`.
 """
 
 import os
