@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import features
+from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import prepare
 from alexnet_jax import records
@@ -290,11 +290,12 @@ def test_resize_mode_is_kept_and_checked(pngs, tmp_path):
 
 
 def test_features_data_reads_records_a_folder_or_a_tfds_name(pngs):
-  """features --data: a records root is read as records, any other directory as a folder
-  (the first format of input_pipeline.SOURCES that holds it), a name as a TFDS dataset."""
+  """features and evaluate --data (inference.data_config): a records root is read as
+  records, any other directory as a folder (the first format of input_pipeline.SOURCES
+  that holds it), a name as a TFDS dataset."""
   root, out = pngs
   config = sample.get_config()
   for data, expected in ((str(out), ('records', str(out))), (str(root), ('folder', str(root))),
                          ('imagenet2012', ('imagenet2012', ''))):
-    data_config_ = features.data_config(config, data)
+    data_config_ = inference.data_config(config, data)
     assert (data_config_.dataset, data_config_.data_dir) == expected
