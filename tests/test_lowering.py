@@ -79,7 +79,8 @@ def test_collectives_only_where_the_columns_meet(case, step, platform):
   """model=2: an all-gather of the local column before conv3, fc6, fc7 and fc8 and of
   fc8's half of the logits; in training their transposes (reduce-scatters of the
   gradients back to each column) and three scalar all-reduces (the loss, the top-1 error,
-  the finite check); in evaluation four scalar all-reduces (the summed counts). One
+  the finite check); in evaluation a scalar all-reduce for each summed count (the step's
+  outputs: top-1, top-5, loss, count, and the centre view's top-1 and top-5). One
   device: no collective at all."""
   (model_axis, _, _), config, _, texts = case
   text = texts[step, platform]
@@ -100,7 +101,7 @@ def test_collectives_only_where_the_columns_meet(case, step, platform):
     assert collective_shapes(text, 'all_reduce') == ['', '', '']  # Scalars.
   else:
     assert counts['reduce_scatter'] == 0
-    assert collective_shapes(text, 'all_reduce') == ['', '', '', '']
+    assert collective_shapes(text, 'all_reduce') == [''] * 6
   assert not {c: counts[c] for c in COLLECTIVES[3:] if counts[c]}
 
 
