@@ -13,6 +13,9 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
 from alexnet_jax import preprocessing
+from alexnet_jax import synthetic
+
+PRECISIONS = ('highest', 'default')  # config.precision: train.with_precision.
 
 
 def _get(config, field):
@@ -52,9 +55,12 @@ def _rules(config):
       ('model.group_impl', m.group_impl in models.GROUP_IMPLS,
        f'must be one of {models.GROUP_IMPLS}'),
       ('model.dtype', m.dtype in models.DTYPES, f'must be one of {models.DTYPES}'),
-      ('data.dataset', bool(d.dataset),
-       f'must name a TFDS dataset or be one of {tuple(input_pipeline.SOURCES)}'),
-      ('data.data_dir', bool(d.data_dir) or not input_pipeline.source(d).data_dir,
+      ('precision', config.precision in PRECISIONS,
+       f"must be one of {PRECISIONS} ('highest': float32 as float32, the paper's)"),
+      ('data.dataset', bool(d.dataset), 'must name a TFDS dataset or be one of '
+       f'{tuple(input_pipeline.SOURCES) + (synthetic.DATASET,)}'),
+      ('data.data_dir', bool(d.data_dir) or d.dataset == synthetic.DATASET
+       or not input_pipeline.source(d).data_dir,
        f'must name {input_pipeline.source(d).data_dir} when dataset={d.dataset!r}'),
       ('data.resize_size', d.resize_size >= 1, 'must be >= 1 (the paper: 256)'),
       ('data.image_size', 0 < d.image_size <= d.resize_size,
@@ -70,6 +76,8 @@ def _rules(config):
       ('data.std', d.std > 0, 'must be positive'),
       ('data.pca_lighting_std', d.pca_lighting_std >= 0, 'must be >= 0'),
       ('data.shuffle_buffer', d.shuffle_buffer >= 1, 'must be >= 1'),
+      ('data.synthetic_examples', d.synthetic_examples >= 1, 'must be >= 1'),
+      ('data.synthetic_eval_examples', d.synthetic_eval_examples >= 1, 'must be >= 1'),
       ('data.train_split', bool(d.train_split), 'must name a split'),
       ('data.eval_split', bool(d.eval_split), 'must name a split'),
       ('batch_size', config.batch_size >= 1, 'must be >= 1'),
@@ -99,6 +107,10 @@ def _rules(config):
       ('checkpoint_every_steps', config.checkpoint_every_steps >= 1, 'must be >= 1'),
       ('keep_checkpoints', config.keep_checkpoints >= 1, 'must be >= 1'),
       ('on_nan', config.on_nan in ('stop', 'skip'), "must be 'stop' or 'skip'"),
+      ('profile_steps', tuple(config.profile_steps) == () or (
+          len(config.profile_steps) == 2 and 1 <= config.profile_steps[0]
+          <= config.profile_steps[1]), 'must be () (no profile) or (start, stop) with '
+       '1 <= start <= stop, e.g. --config.profile_steps="(10, 15)"'),
   ]
 
 
@@ -152,6 +164,8 @@ def check_data(config):
   """Checks the dataset before any compute: splits, classes, size. Returns the number of
   training examples."""
   d = config.data
+  if d.dataset == synthetic.DATASET:
+    return synthetic.check(config)
   names = input_pipeline.class_names(d)  # Raises, saying how to prepare, if missing.
   for field in ('train_split', 'eval_split'):
     split = d[field]

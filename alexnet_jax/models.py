@@ -31,9 +31,12 @@ fuse and which support forward mode (``jax.jvp``):
   ``nn.max_pool`` (``reduce_window``, differentiated into ``select_and_scatter_add``);
 * ``group_impl``: 'split', two convolutions, or 'feature_group', one grouped convolution.
 
-Each is 'auto' by default: ``IMPLS`` by the backend (``implementations``), from
-``python -m benchmarks.paths`` (benchmarks/NOTES.md, item 14). The 'custom' paths support
-reverse mode (``jax.grad``, ``jax.vjp``) only.
+Each is 'auto' by default: ``IMPLS`` by the platform the program is lowered for, from
+``python -m benchmarks.paths`` (benchmarks/NOTES.md, item 14). 'auto' is decided at
+lowering (``lax.platform_dependent``), not by the backend of the process that traces: a
+step lowered for 'cuda' or 'tpu' on a CPU host holds that platform's ops. The 'custom'
+paths support reverse mode (``jax.grad``, ``jax.vjp``) only; so does 'auto' wherever a
+platform's choice is 'custom' (forward mode traces every platform's branch).
 """
 
 import functools
@@ -69,26 +72,47 @@ GROUP_IMPLS = ('auto', 'split', 'feature_group')
 
 # XLA's own ops: LRN and max pool by autodiff, the grouped convolution.
 XLA_IMPLS = {'lrn_impl': 'xla', 'pool_impl': 'xla', 'group_impl': 'feature_group'}
-# 'auto' by backend. CPU: the faster in the training step on a 2-core CPU (benchmarks/
-# NOTES.md, item 14: LRN by autodiff as fast or faster, our max-pool gradient 2-8%
-# faster, two convolutions 3x faster than one grouped). Other backends (GPU, TPU): XLA's
-# own ops, the conventional choice that lets XLA fuse; not measured.
+# 'auto' by the platform lowered for (`by_platform`). CPU: the faster in the training step
+# on a 2-core CPU (benchmarks/NOTES.md, item 14: LRN by autodiff as fast or faster, our
+# max-pool gradient 2-8% faster, two convolutions 3x faster than one grouped). Other
+# platforms (cuda, rocm, tpu): XLA's own ops, the conventional choice that lets XLA fuse;
+# not measured.
 IMPLS = {
     'cpu': {'lrn_impl': 'xla', 'pool_impl': 'custom', 'group_impl': 'split'},
 }
 
 
 def implementations(lrn_impl='auto', pool_impl='auto', group_impl='auto', backend=None):
-  """{'lrn_impl', 'pool_impl', 'group_impl'} with each 'auto' replaced by IMPLS[backend].
+  """{'lrn_impl', 'pool_impl', 'group_impl'} with each 'auto' replaced by IMPLS[backend]:
+  what a program lowered for `backend` computes (``by_platform``).
 
-  backend: 'cpu', 'gpu', 'tpu', ...; None is ``jax.default_backend()``, the backend that
-  jit compiles for unless told otherwise.
+  backend: 'cpu', 'cuda', 'rocm', 'tpu', ...; None is ``jax.default_backend()``.
   """
   backend = jax.default_backend() if backend is None else backend
   auto = IMPLS.get(backend, XLA_IMPLS)
   chosen = {'lrn_impl': lrn_impl, 'pool_impl': pool_impl, 'group_impl': group_impl}
   return {field: auto[field] if value == 'auto' else value
           for field, value in chosen.items()}
+
+
+def by_platform(field, value, make, *args):
+  """make(impl)(*args), impl = `value`, or for 'auto' IMPLS[platform][field] of the
+  platform the program is lowered for (XLA_IMPLS[field] for one IMPLS does not name).
+
+  'auto' is staged out with ``lax.platform_dependent``: every choice is traced, and
+  lowering keeps the lowering platform's only, so jit on a GPU, or `.lower(
+  lowering_platforms=('cuda',))` and ``jax.export`` for 'cuda' on a CPU host, compile the
+  GPU's ops. Where every platform chooses the same, it is called directly.
+  """
+  if value != 'auto':
+    return make(value)(*args)
+  default = XLA_IMPLS[field]
+  chosen = {platform: impls[field] for platform, impls in IMPLS.items()}
+  if all(impl == default for impl in chosen.values()):
+    return make(default)(*args)
+  fns = {impl: make(impl) for impl in {default, *chosen.values()}}  # One branch an impl.
+  return lax.platform_dependent(*args, default=fns[default],
+                                **{platform: fns[impl] for platform, impl in chosen.items()})
 
 
 def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1,
@@ -105,14 +129,17 @@ def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1,
     groups: the channel axis is split into this many equal groups (the columns) and the
       window never crosses a group's ends, as in the original code.
     impl: 'custom', the gradient written by hand (``_lrn``; reverse mode only), or
-      'xla', autodiff of the same formula (``_lrn_formula``). The hand-written gradient
-      was ~5x faster than autodiff of an earlier formula (shifted slices and ``pow``;
-      benchmarks/NOTES.md item 1); autodiff of this one is as fast (item 14).
+      'xla', autodiff of the same formula (``_lrn_formula``), or 'auto' (by platform,
+      ``by_platform``). The hand-written gradient was ~5x faster than autodiff of an
+      earlier formula (shifted slices and ``pow``; benchmarks/NOTES.md item 1); autodiff
+      of this one is as fast (item 14).
   Returns:
     Same shape and dtype as x; the normaliser is computed in float32.
   """
-  lrn = _lrn if impl == 'custom' else _lrn_formula
-  return lrn(x, size, float(k), float(alpha), float(beta), groups)
+  def make(impl):
+    lrn = _lrn if impl == 'custom' else _lrn_formula
+    return lambda x: lrn(x, size, float(k), float(alpha), float(beta), groups)
+  return by_platform('lrn_impl', impl, make, x)
 
 
 def _channel_window_sum(v, size, groups, transpose=False):
@@ -191,11 +218,14 @@ def max_pool(x, window, stride, impl='custom'):
   select_and_scatter_add. impl 'custom' has the same values and gradient (the first
   maximum of each window in row-major order takes it, as select_and_scatter and PyTorch
   route it), with the gradient built from slices and pads: XLA:CPU's select_and_scatter
-  was 2-10x slower (benchmarks/NOTES.md, item 2). Reverse mode only.
+  was 2-10x slower (benchmarks/NOTES.md, item 2). Reverse mode only. 'auto': by platform
+  (``by_platform``).
   """
-  if impl == 'xla':
-    return nn.max_pool(x, (window, window), (stride, stride), 'VALID')
-  return _max_pool(x, window, stride)
+  def make(impl):
+    if impl == 'xla':
+      return lambda x: nn.max_pool(x, (window, window), (stride, stride), 'VALID')
+    return lambda x: _max_pool(x, window, stride)
+  return by_platform('pool_impl', impl, make, x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -301,7 +331,7 @@ class Conv(nn.Module):
   strides: int = 1
   padding: Any = 'SAME'
   groups: int = 1
-  group_impl: str = 'split'
+  group_impl: str = 'split'  # Or 'feature_group', or 'auto' (by platform).
   kernel_init: Any = nn.initializers.normal(0.01)
   bias_init: Any = nn.initializers.zeros
   dtype: Any = jnp.float32
@@ -316,13 +346,18 @@ class Conv(nn.Module):
     conv = functools.partial(_conv, stride=self.strides, padding=self.padding)
     if self.groups == 1:
       y = conv(x, kernel)
-    elif self.group_impl == 'feature_group':
-      y = conv(x, kernel, feature_group_count=self.groups)
-    else:  # 'split'
-      y = jnp.concatenate([conv(xi, ki) for xi, ki in zip(
-          jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))],
-                          axis=-1)
+    else:
+      y = by_platform('group_impl', self.group_impl, self._grouped(conv), x, kernel)
     return y + bias.astype(self.dtype)
+
+  def _grouped(self, conv):
+    def make(impl):
+      if impl == 'feature_group':
+        return lambda x, kernel: conv(x, kernel, feature_group_count=self.groups)
+      return lambda x, kernel: jnp.concatenate([conv(xi, ki) for xi, ki in zip(
+          jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))],
+                                               axis=-1)  # 'split'
+    return make
 
 
 def axis_size(axis_name):
@@ -369,7 +404,7 @@ class AlexNet(nn.Module):
   # Caffe's bvlc_alexnet; False: inside each column, as the original code.
   lrn_across_columns: bool = False
   # How LRN, max pooling and the column-local convolutions are computed (module
-  # docstring); 'auto': by backend, `implementations`.
+  # docstring); 'auto': by the platform lowered for, `by_platform`.
   lrn_impl: str = 'auto'
   pool_impl: str = 'auto'
   group_impl: str = 'auto'
@@ -386,14 +421,13 @@ class AlexNet(nn.Module):
     groups = self.columns // shards  # Columns computed on this device.
     dtype = jnp.dtype(self.dtype)
     pad1 = {'paper': ((0, 3), (0, 3)), 'valid': 'VALID'}[self.conv1_padding]
-    impl = implementations(self.lrn_impl, self.pool_impl, self.group_impl)
     width = dict(zip(WIDTH_LAYERS, self.widths))
     act = {'relu': nn.relu, 'tanh': jnp.tanh}[self.activation]
 
     def conv(name, x, kernel_size, stride=1, padding='SAME', groups=1):
       kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
       return Conv(width[name] // shards, kernel_size, stride, padding, groups,
-                  impl['group_impl'], kernel_init, bias_init, dtype, name=name)(x)
+                  self.group_impl, kernel_init, bias_init, dtype, name=name)(x)
 
     def dense(name, x, features):
       kernel_init, bias_init = initializers(self.init_scheme, name, self.init_bias)
@@ -411,7 +445,7 @@ class AlexNet(nn.Module):
         return x
       norm = functools.partial(local_response_norm, size=self.lrn_size, k=self.lrn_k,
                                alpha=self.lrn_alpha, beta=self.lrn_beta,
-                               impl=impl['lrn_impl'])
+                               impl=self.lrn_impl)
       if not self.lrn_across_columns:
         return norm(x, groups=groups)
       if shards == 1:
@@ -424,7 +458,7 @@ class AlexNet(nn.Module):
                                       lax.axis_index(self.model_axis) * c, c, axis=x.ndim - 1)
 
     def pool(x):
-      return max_pool(x, self.pool_window, self.pool_stride, impl['pool_impl'])
+      return max_pool(x, self.pool_window, self.pool_stride, self.pool_impl)
 
     feats = {}
     x = x.astype(dtype)

@@ -7,6 +7,7 @@ is split over 'data' and replicated over 'model'. `setup` assembles model, state
 from a config for training, the benchmarks and the tests alike.
 """
 
+import functools
 import itertools
 import json
 import os
@@ -37,6 +38,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
 from alexnet_jax import preprocessing
+from alexnet_jax import synthetic
 
 AXES = ('data', 'model')
 
@@ -147,11 +149,13 @@ def _per_device(fn, mesh, axes, in_specs, out_specs):
                        axis_names=set(axes))
 
 
-def create_train_state(config, model, tx, mesh, params=None):
+def create_train_state(config, model, tx, mesh, params=None, abstract=False):
   """Initialises parameters from config.seed straight into their shards on `mesh`.
 
   `params` (e.g. converted published weights, in the model's layout) are used instead of
-  an initialisation; the optimizer state starts fresh either way.
+  an initialisation; the optimizer state starts fresh either way. abstract: the state's
+  jax.ShapeDtypeStructs with their shardings instead, nothing computed or allocated (to
+  lower or compile the steps ahead of time).
   """
   plateau = optimizer.create_plateau(config)
   size = config.data.image_size
@@ -163,18 +167,23 @@ def create_train_state(config, model, tx, mesh, params=None):
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                              plateau_state=plateau.init(params))
 
-  abstract = jax.eval_shape(init, params)
-  return jax.jit(init, out_shardings=_shardings(mesh, state_specs(abstract)))(params)
+  shapes = jax.eval_shape(init, params)
+  shardings = _shardings(mesh, state_specs(shapes))
+  if abstract:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, shardings)
+  return jax.jit(init, out_shardings=shardings)(params)
 
 
-def initial_state(config, mesh, steps_per_epoch=1, params=None):
+def initial_state(config, mesh, steps_per_epoch=1, params=None, abstract=False):
   """(model, state): the network of config.model and its train state on `mesh`, from
-  config.seed or `params`. steps_per_epoch sets the learning-rate schedule, which is not
-  part of the state's layout: any value gives a state a checkpoint restores into."""
+  config.seed or `params` (abstract: shapes and shardings only, create_train_state).
+  steps_per_epoch sets the learning-rate schedule, which is not part of the state's
+  layout: any value gives a state a checkpoint restores into."""
   model = models.AlexNet(**config.model)
   tx = optimizer.create_optimizer(
       config, optimizer.create_learning_rate_fn(config, steps_per_epoch))
-  return model, create_train_state(config, model, tx, mesh, params)
+  return model, create_train_state(config, model, tx, mesh, params, abstract)
 
 
 class Setup(NamedTuple):
@@ -184,17 +193,30 @@ class Setup(NamedTuple):
   eval_step: Callable  # (params, global batch) -> summed counts
 
 
-def setup(config, mesh, steps_per_epoch=1, mean=None, params=None):
+def setup(config, mesh, steps_per_epoch=1, mean=None, params=None, abstract=False):
   """The model, its initial state and the jitted steps for `config` on `mesh`: the one
   assembly that training, the benchmarks and the tests share. mean: what the steps
-  subtract (input_pipeline.mean's by default)."""
-  model, state = initial_state(config, mesh, steps_per_epoch, params)
+  subtract (input_pipeline.mean's by default). abstract: the state as shapes and
+  shardings only (create_train_state), for `step.trace(...).lower(...)` without a
+  device's memory."""
+  model, state = initial_state(config, mesh, steps_per_epoch, params, abstract)
   if mean is None:
     mean = input_pipeline.mean(config.data, config.data.image_size)
   mean = jnp.asarray(mean)
   return Setup(model, state, make_train_step(config, model, mesh, state, mean),
                make_eval_step(model, mesh, state.params, mean, config.data.std,
-                              config.data.channel_order))
+                              config.data.channel_order, config.precision))
+
+
+def with_precision(fn, precision):
+  """`fn` traced under jax.default_matmul_precision(precision) ('highest' | 'default'):
+  every convolution and matrix product in it, forward and backward, carries that
+  precision into the lowered program (config.precision; README "Switches")."""
+  @functools.wraps(fn)
+  def traced(*args):
+    with jax.default_matmul_precision(precision):
+      return fn(*args)
+  return traced
 
 
 def cross_entropy(logits, labels):
@@ -253,16 +275,19 @@ def make_train_step(config, model, mesh, state, mean):
 
   specs = state_specs(state)
   batch_specs = {'image': P('data'), 'lighting': P('data'), 'label': P('data')}
-  per_device = _per_device(step, mesh, axes, (specs, batch_specs), (specs, P()))
+  per_device = _per_device(with_precision(step, config.precision), mesh, axes,
+                           (specs, batch_specs), (specs, P()))
   return jax.jit(per_device, donate_argnums=0,
                  out_shardings=(_shardings(mesh, specs), NamedSharding(mesh, P())))
 
 
-def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
+def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb',
+                   precision='highest'):
   """The jitted evaluation step: (params, batch) -> summed counts over the batch.
 
   batch: {'image': uint8 [b, s, s, 3] or [b, views, s, s, 3], 'label': int32 [b],
   'mask': bool [b]}, normalised as preprocessing.normalize (mean, std, channel_order).
+  precision: of its convolutions and matrix products (with_precision).
   With views, the softmax outputs are averaged (Section 4.1).
   Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples,
   with views also 'centre_top1_correct' and 'centre_top5_correct' (the centre view's
@@ -287,7 +312,8 @@ def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb'):
     return jax.tree.map(lambda x: lax.pmean(lax.psum(x.sum(), over_data), over_model), sums)
 
   batch_specs = {'image': P('data'), 'label': P('data'), 'mask': P('data')}
-  per_device = _per_device(step, mesh, axes, (param_specs(params), batch_specs), P())
+  per_device = _per_device(with_precision(step, precision), mesh, axes,
+                           (param_specs(params), batch_specs), P())
   return jax.jit(per_device, out_shardings=NamedSharding(mesh, P()))
 
 
@@ -308,12 +334,21 @@ def data_shard(mesh):
 
 
 def global_batch(mesh, local_batch):
-  """Numpy arrays of this process's examples -> global arrays split over 'data'."""
+  """Numpy arrays of this process's examples -> global arrays split over 'data'; arrays
+  already global (synthetic data's) pass as they are."""
   sharding = NamedSharding(mesh, P('data'))
   count = data_shard(mesh)[1]
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(
+      lambda x: x if isinstance(x, jax.Array) else jax.make_array_from_process_local_data(
           sharding, x, (x.shape[0] * count,) + x.shape[1:]), local_batch)
+
+
+def create_split(config, mesh, split, **kwargs):
+  """This process's batches of `split`: input_pipeline.create_split's (NumPy, this
+  process's rows), or for data.dataset='synthetic' global arrays made on the device."""
+  if config.data.dataset == synthetic.DATASET:
+    return synthetic.create_split(config, mesh, split, **kwargs)
+  return input_pipeline.create_split(config.data, split, shard=data_shard(mesh), **kwargs)
 
 
 def evaluate(eval_step, params, config, mesh, num_views, stop=lambda: False):
@@ -325,10 +360,10 @@ def evaluate(eval_step, params, config, mesh, num_views, stop=lambda: False):
   None returned (a preempted run saves and exits within a batch's time).
   """
   totals = None
-  batches = input_pipeline.create_split(
-      config.data, config.data.eval_split, global_batch_size=config.eval_batch_size,
+  batches = create_split(
+      config, mesh, config.data.eval_split, global_batch_size=config.eval_batch_size,
       train=False, seed=config.seed, image_size=config.data.image_size,
-      num_views=num_views, shard=data_shard(mesh))
+      num_views=num_views)
   for batch in batches:
     sums = eval_step(params, global_batch(mesh, batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -477,7 +512,9 @@ def compile_steps(train_step, eval_step, state, config, mesh, local_batch, num_v
                                 sharding=NamedSharding(mesh, P('data')))
 
   count = data_shard(mesh)[1]
-  train_batch = jax.tree.map(lambda x: abstract(x, x.shape[0] * count), local_batch)
+  train_batch = jax.tree.map(
+      lambda x: x if isinstance(x, jax.Array) else abstract(x, x.shape[0] * count),
+      local_batch)  # A global array (synthetic data) is its own abstraction.
   size, b = config.data.image_size, config.eval_batch_size
   compiled_eval = {}
   for views in sorted({1, num_views}):
@@ -536,16 +573,18 @@ def _train(config, workdir, mesh, num_train, preemption):
   logging.info('Training %d steps (%d per epoch) from step %d on a %s mesh.',
                total_steps, steps_per_epoch, start_step, dict(mesh.shape))
 
-  batches = input_pipeline.create_split(
-      config.data, config.data.train_split, global_batch_size=config.batch_size,
+  batches = create_split(
+      config, mesh, config.data.train_split, global_batch_size=config.batch_size,
       train=True, seed=config.seed, start_step=start_step,
-      image_size=config.data.image_size, shard=data_shard(mesh))
+      image_size=config.data.image_size)
   first = next(batches)
   train_step, eval_step = compile_steps(train_step, eval_step, state, config, mesh, first,
                                        config.data.eval_views)
   ocp.multihost.sync_global_processes('alexnet_jax: compiled', timeout=1800)
   progress = Progress(total_steps, start_step, steps_per_epoch, enabled=is_main)
   pending = None  # The previous step's metrics: read one step late, keeping the device busy.
+  profile = profile_window(config.profile_steps, start_step, total_steps)
+  tracing = False
   skipped = 0
   t0, n0 = time.perf_counter(), start_step
 
@@ -592,7 +631,16 @@ def _train(config, workdir, mesh, num_train, preemption):
       return state
     stream = itertools.chain([first], batches)
     for step in range(start_step + 1, total_steps + 1):
+      if step == profile[0]:
+        jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+        tracing = True
       state, metrics = train_step(state, global_batch(mesh, next(stream)))
+      if step == profile[1]:
+        jax.block_until_ready((state, metrics))
+        jax.profiler.stop_trace()
+        tracing = False
+        logging.info('Wrote a profile of steps %d-%d to %s.', *profile,
+                     os.path.join(workdir, 'profile'))
       if pending is not None:
         check(*pending)
       pending = (step, metrics)
@@ -624,10 +672,21 @@ def _train(config, workdir, mesh, num_train, preemption):
           pending = None
         checkpointing.save(manager, step, state, config)
   finally:
+    if tracing:  # Stopped inside the window.
+      jax.profiler.stop_trace()
     checkpointing.finish(manager)
     progress.close()
     writer.close()
   return state
+
+
+def profile_window(profile_steps, start_step, total_steps):
+  """(first, last): the steps of config.profile_steps = (start, stop) this run traces,
+  start..stop as the logs number them, from start_step + 1 on a resume; (0, -1) for none."""
+  if not profile_steps:
+    return 0, -1
+  first, last = max(profile_steps[0], start_step + 1), min(profile_steps[1], total_steps)
+  return (first, last) if first <= last else (0, -1)
 
 
 def _latest(manager):

@@ -23,13 +23,14 @@ import time
 FORWARD_FLOPS = 1.449e9
 TRAIN_FLOPS = 4.35e9  # Forward, backward for activations, backward for weights: 3x.
 
-# Dense peak FLOP/s per device by (device-kind substring, dtype), from the data sheets.
-# float32 counts TF32 tensor cores: XLA's default precision and the peer's cuDNN
-# convolutions use them. CPUs have no entry: pass --peak_tflops.
+# Dense peak FLOP/s per device by (device-kind substring, arithmetic), from the data
+# sheets (SXM parts): 'float32' is float32 at --precision highest (no tensor cores);
+# 'tf32' float32 at --precision default, where XLA and the peer use TF32 tensor cores.
+# CPUs have no entry: pass --peak_tflops.
 PEAK_TFLOPS = {
-    ('H200', 'bfloat16'): 989.0, ('H200', 'float32'): 494.0,
-    ('H100', 'bfloat16'): 989.0, ('H100', 'float32'): 494.0,
-    ('A100', 'bfloat16'): 312.0, ('A100', 'float32'): 156.0,
+    ('H200', 'bfloat16'): 989.0, ('H200', 'tf32'): 494.0, ('H200', 'float32'): 67.0,
+    ('H100', 'bfloat16'): 989.0, ('H100', 'tf32'): 494.0, ('H100', 'float32'): 67.0,
+    ('A100', 'bfloat16'): 312.0, ('A100', 'tf32'): 156.0, ('A100', 'float32'): 19.5,
 }
 
 
@@ -40,6 +41,9 @@ def parser(description):
                  'GPU).')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                  help="Compute dtype: alexnet_jax's model.dtype, the peer's autocast.")
+  p.add_argument('--precision', default='highest', choices=('highest', 'default'),
+                 help="alexnet_jax's config.precision; the peer allows TF32 (cuDNN "
+                 "convolutions and matrix products) exactly when 'default'.")
   p.add_argument('--mesh_model', type=int, default=1, choices=(1, 2),
                  help='alexnet_jax mesh model axis: 2 puts one column on each device.')
   p.add_argument('--cpu_devices', type=int, default=0,
@@ -111,8 +115,9 @@ def peak_flops(args, device_kind, dtype, num_devices):
   """Peak FLOP/s of the devices used, or None when unknown (CPUs)."""
   if args.peak_tflops:
     return args.peak_tflops * 1e12 * num_devices
+  arithmetic = 'tf32' if dtype == 'float32' and args.precision == 'default' else dtype
   for (kind, dt), tflops in PEAK_TFLOPS.items():
-    if kind in device_kind and dt == dtype:
+    if kind in device_kind and dt == arithmetic:
       return tflops * 1e12 * num_devices
   return None
 
@@ -129,6 +134,9 @@ def torch_setup(args):
   import contextlib
   import torch
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  # PyTorch's own defaults differ: TF32 convolutions, float32 matrix products.
+  torch.backends.cudnn.allow_tf32 = args.precision == 'default'
+  torch.backends.cuda.matmul.allow_tf32 = args.precision == 'default'
   if args.dtype == 'bfloat16':
     autocast = lambda: torch.autocast(device, dtype=torch.bfloat16)
   else:
@@ -256,6 +264,7 @@ def row(args, batch, device, rates, flops_per_image, peak, jax_bytes, peer_bytes
       'device': device,
       'batch': batch,
       'dtype': args.dtype,
+      'precision': args.precision,
       'mesh_model': args.mesh_model,
       'image_size': args.image_size,
       'jax_mfu': mfu(jax_rate),
@@ -292,7 +301,8 @@ def run(args, name, jax_runner, peer_runner, flops_per_image, extra=None):
              f'{jax.device_count()} found.')
   rows = []
   for batch in args.batch:
-    log(f'{name}: batch {batch}, {args.dtype}, mesh model={args.mesh_model}')
+    log(f'{name}: batch {batch}, {args.dtype}, precision {args.precision}, mesh '
+        f'model={args.mesh_model}')
     rng = np.random.default_rng(0)
     jax_run, jax_wait, devices = jax_runner(args, batch, rng)
     runners = {'jax': (jax_run, jax_wait)}
@@ -367,7 +377,8 @@ def report(rows, args, name):
   when = time.strftime('%Y-%m-%d %H:%M:%S')
   rows = [dict(r, command=command, xla_flags=os.environ.get('XLA_FLAGS', ''), time=when)
           for r in rows]
-  key = lambda r: (r['batch'], r['dtype'], r['mesh_model'], r['image_size'])
+  key = lambda r: (r['batch'], r['dtype'], r.get('precision'), r['mesh_model'],
+                   r['image_size'])
   if args.append and os.path.exists(args.out):
     with open(args.out) as f:
       old = json.load(f)['rows']

@@ -25,6 +25,7 @@ def jax_runner(args, batch, rng):
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
   config.data.image_size = size = args.image_size
+  config.precision = args.precision
   model = models.AlexNet(**config.model)
   images = rng.integers(1, 256, (batch, size, size, 3), dtype=np.uint8)
   mean = jnp.asarray(preprocessing.CHANNEL_MEAN)
@@ -33,7 +34,8 @@ def jax_runner(args, batch, rng):
     init = lambda: model.init({'params': jax.random.key(0)}, jnp.zeros((1, size, size, 3)),
                               train=False)['params']
     params = jax.jit(init, out_shardings=jax.sharding.SingleDeviceSharding(device))()
-    fn = inference.make_features_fn(model, [args.layer], mean)
+    fn = train.with_precision(inference.make_features_fn(model, [args.layer], mean),
+                              args.precision)
     data = jax.device_put(images, device)
     call, devices = (lambda: fn(params, data)), [device]
   else:

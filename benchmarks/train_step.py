@@ -27,6 +27,7 @@ def jax_runner(args, batch, rng, **model):
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
   config.batch_size = batch
+  config.precision = args.precision
   config.data.image_size = args.image_size
   config.mesh.model, config.mesh.data = args.mesh_model, -1
   config.model.update(model)

@@ -82,10 +82,16 @@ def get_config(arg=''):
   config.model.pool_impl = 'auto'  # 'custom': hand-written gradient; 'xla': nn.max_pool.
   config.model.group_impl = 'auto'  # 'split': two convs; 'feature_group': one grouped.
   config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
+  # Convolutions and matrix products of the steps: 'highest' computes float32 as float32,
+  # as the paper's GPUs did; 'default' lets the platform choose (TF32 on NVIDIA GPUs since
+  # Ampere, bfloat16 passes on TPUs; the same on CPUs). No effect on bfloat16 inputs.
+  config.precision = 'highest'
 
   # --- Data ----------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  # A TFDS name, 'folder' (root/<split>/<class>) or 'records' (prepare records; fastest).
+  # A TFDS name, 'folder' (root/<split>/<class>) or 'records' (prepare records; fastest),
+  # or 'synthetic': fixed random batches made on the device, to time a machine
+  # (alexnet_jax/synthetic.py).
   config.data.dataset = 'imagenet2012'
   config.data.data_dir = ''  # TFDS data_dir, or the folder root; '' = TFDS default.
   config.data.train_split = 'train'
@@ -111,6 +117,9 @@ def get_config(arg=''):
   config.data.deterministic = True  # Same order and augmentation on every run.
   config.data.cache = False  # Cache decoded examples in memory (small datasets).
   config.data.shuffle_buffer = 16 * 1024
+  # dataset='synthetic': the examples of its train and eval splits (ILSVRC-2012's sizes).
+  config.data.synthetic_examples = 1281167
+  config.data.synthetic_eval_examples = 50000
 
   # --- Optimisation (Section 5) ---------------------------------------------------------
   config.batch_size = 128  # Global batch.
@@ -145,6 +154,9 @@ def get_config(arg=''):
   config.keep_checkpoints = 3
   config.on_nan = 'stop'  # 'stop' at a NaN/inf loss; 'skip' skips the step and counts.
   config.distributed = False  # jax.distributed.initialize() (also if the env asks).
+  # (start, stop): a jax.profiler trace of training steps start..stop into
+  # workdir/profile (TensorBoard's profile plugin, Perfetto); () = none.
+  config.profile_steps = ()
 
   return apply_presets(config, arg)
 

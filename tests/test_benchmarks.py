@@ -183,3 +183,49 @@ def test_network_gradients_match_pytorch():
     want, got = p.grad.numpy(), grads[name].numpy()
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err < 1e-4, f'{name}: relative error {err:.1e}'
+
+
+# The end-to-end part is benchmarks/end_to_end.py --fast, itself a slow test (above).
+@pytest.mark.parametrize('names', [
+    'tests,train_step,synthetic',
+    pytest.param('tests,train_step,synthetic,end_to_end', marks=pytest.mark.slow)])
+def test_device_check_dry_run_runs_every_part(tmp_path, names):
+  """scripts/device_check.sh --dry-run: each part of the device check starts, runs at
+  tiny sizes on the CPU and lands in the one JSON, as it must on an accelerator."""
+  out = tmp_path / 'device_check.json'
+  env = dict(os.environ, PYTHON=sys.executable)
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run(['bash', 'scripts/device_check.sh', '--dry-run', '--out', str(out),
+                         '--parts', names, '--budget_s', '1500',
+                         '--workdir', str(tmp_path / 'synthetic')], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  parts = result['parts']
+  assert ','.join(parts) == names
+  assert {name: p['status'] for name, p in parts.items()} == dict.fromkeys(parts, 'ok'), (
+      {name: p.get('output_tail') for name, p in parts.items()})
+  assert result['meta']['dry_run'] and result['meta']['versions']['jax'] == jax.__version__
+  tests = parts['tests']
+  assert tests['tests'] >= 1 and tests['failures'] == tests['errors'] == 0
+  rows = parts['train_step']['rows']
+  assert [(r['dtype'], r['precision']) for r in rows] == [('float32', 'highest'),
+                                                         ('bfloat16', 'default')]
+  for r in rows:
+    assert r['jax_img_per_s'] > 0 and r['peer_img_per_s'] > 0
+    assert r['jax_mfu'] == pytest.approx(r['jax_img_per_s'] * FLOPS['train_step'] / 0.1e12)
+  synthetic = parts['synthetic']
+  assert sorted(synthetic['images_per_sec']) == ['2', '4'] and synthetic['checkpoints']
+  assert any(f.endswith('.xplane.pb') and size > 0
+             for f, size in synthetic['profile_files'].items())
+  if 'end_to_end' in parts:
+    assert parts['end_to_end']['end_to_end_ratio'] > 0
+
+
+def test_device_check_skips_a_part_whose_modules_are_missing(monkeypatch):
+  """A machine without TensorFlow (or PyTorch): the part says so and runs nothing."""
+  from benchmarks import device_check  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(device_check.PARTS, 'end_to_end', (('jax', 'no_such_module_25'), 0.15))
+  record = device_check.run_part('end_to_end', device_check.parse(['--dry-run']), '/nonexistent',
+                                 60)
+  assert record == {'status': 'skipped', 'reason': 'not installed here: no_such_module_25'}

@@ -188,6 +188,8 @@ def test_unwritable_workdir_is_an_error_before_training(tmp_path):
     ('data.mean', 'mean.txt', "mean='mean.txt' must be 'channel', 'image' or a .npy file"),
     ('model.columns', 3, 'columns=3 must be 1 or 2'),
     ('eval_every_steps', 0, 'eval_every_steps=0 must be >= 1'),
+    ('precision', 'high', r"precision='high' must be one of \('highest', 'default'\)"),
+    ('data.synthetic_examples', 0, 'synthetic_examples=0 must be >= 1'),
 ])
 def test_impossible_config_values_fail_before_compute(tmp_path, field, value, message):
   config = sample.get_config()

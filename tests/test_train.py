@@ -18,6 +18,14 @@ from configs import alexnet
 SIZE = 67
 
 
+def devices(n):
+  """The first n devices; the test is skipped where there are fewer (one GPU: the CPU's
+  four are emulated, tests/conftest.py)."""
+  if jax.device_count() < n:
+    pytest.skip(f'needs {n} devices, {jax.device_count()} here')
+  return jax.devices()[:n]
+
+
 def small_config(**model):
   config = alexnet.get_config()
   config.model.num_classes = 10
@@ -38,7 +46,7 @@ def random_batches(n, batch=8, seed=0):
 def run(config, data, model_size, batches):
   """Runs the train step over `batches` on a data x model mesh; returns host results."""
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
-                           jax.devices()[:data * model_size])
+                           devices(data * model_size))
   _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
   first_trace, losses = None, []
   for batch in batches:
@@ -48,6 +56,12 @@ def run(config, data, model_size, batches):
       first_trace = jax.device_get(optax.tree_utils.tree_get(state.opt_state, 'trace'))
   return {'loss': np.array(losses), 'params': jax.device_get(state.params),
           'trace': first_trace, 'step': int(state.step)}
+
+
+# Another mesh sums in another order (a column's half, then both): float32 rounding, up to
+# 1.2e-5 of a leaf's largest value after two steps on some CPUs. A wrong mask, layout or
+# collective is off by orders of magnitude more.
+MESH_RTOL = 3e-5
 
 
 def assert_trees_close(a, b, rtol):
@@ -67,8 +81,8 @@ def test_mesh_equals_one_device(one_device, data, model_size):
   """Same initial parameters, batches and dropout masks: loss, gradients, parameters."""
   result = run(small_config(), data, model_size, random_batches(2))
   np.testing.assert_allclose(result['loss'], one_device['loss'], rtol=1e-5)
-  assert_trees_close(one_device['trace'], result['trace'], 1e-5)  # Gradients.
-  assert_trees_close(one_device['params'], result['params'], 1e-5)
+  assert_trees_close(one_device['trace'], result['trace'], MESH_RTOL)  # Gradients.
+  assert_trees_close(one_device['params'], result['params'], MESH_RTOL)
   assert result['step'] == 2
 
 
@@ -87,7 +101,7 @@ def test_each_device_draws_the_dropout_bits_of_its_shard_only(data, model_size):
   """
   config = small_config()
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
-                           jax.devices()[:data * model_size])
+                           devices(data * model_size))
   _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
   jaxpr = step.trace(state, train.global_batch(mesh, random_batches(1)[0])).jaxpr.jaxpr
   draws = [eqn.outvars[0].aval.shape for eqn in jaxpr_ops(jaxpr)
@@ -102,8 +116,8 @@ def test_caffes_lrn_across_columns_on_model2_equals_one_device():
   one = run(config, 1, 1, random_batches(2))
   split = run(config, 1, 2, random_batches(2))
   np.testing.assert_allclose(split['loss'], one['loss'], rtol=1e-5)
-  assert_trees_close(one['trace'], split['trace'], 1e-5)
-  assert_trees_close(one['params'], split['params'], 1e-5)
+  assert_trees_close(one['trace'], split['trace'], MESH_RTOL)
+  assert_trees_close(one['params'], split['params'], MESH_RTOL)
   # And the window does cross: a per-column LRN gives other gradients.
   config.model.lrn_across_columns = False
   within = run(config, 1, 1, random_batches(2))
@@ -120,7 +134,7 @@ def test_training_reduces_loss_on_a_fixed_batch():
 def test_nonfinite_step_is_skipped_and_reported():
   config = small_config()
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
-                           jax.devices()[:2])
+                           devices(2))
   _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
   before = jax.device_get(state.params)
   batch = random_batches(1)[0]
@@ -138,7 +152,7 @@ def test_nonfinite_step_is_skipped_and_reported():
 ])
 def test_bad_mesh_is_a_clear_error(mesh_config, devices, message):
   with pytest.raises(ValueError, match=message):
-    train.create_mesh(ml_collections.ConfigDict(mesh_config), jax.devices()[:devices])
+    train.create_mesh(ml_collections.ConfigDict(mesh_config), jax.devices('cpu')[:devices])
 
 
 @pytest.mark.parametrize('devices,columns,shape', [(1, 2, (1, 1)), (4, 2, (2, 2)),
@@ -149,7 +163,7 @@ def test_mesh_model_0_chooses_the_paper_split_where_the_devices_allow(devices, c
   log says which and why."""
   mesh_config = ml_collections.ConfigDict({'data': -1, 'model': 0})
   with caplog.at_level('INFO'):
-    mesh = train.create_mesh(mesh_config, jax.devices()[:devices], columns)
+    mesh = train.create_mesh(mesh_config, jax.devices('cpu')[:devices], columns)
   assert (mesh.shape['data'], mesh.shape['model']) == shape
   logged = caplog.text
   assert f'Mesh data={shape[0]} x model={shape[1]} over {devices} cpu device(s)' in logged
@@ -160,7 +174,7 @@ def test_top5_is_top_k_of_the_classes_there_are():
   """With 4 classes every label is in the top 5 (top-4): top-5 error 0."""
   config = small_config(num_classes=4)
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
-                           jax.devices()[:1])
+                           devices(1))
   model = models.AlexNet(**config.model)
   params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
                       train=False)['params']
@@ -213,7 +227,7 @@ def test_the_optimizer_state_is_laid_out_as_the_parameters():
   """The momentum is split as its parameter (on the device, too); every other leaf of the
   state (step, counts, learning rates, the plateau schedule) is replicated."""
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
-                           jax.devices()[:2])
+                           devices(2))
   _, state = train.initial_state(small_config(), mesh)
   specs = train.state_specs(state)
   assert optax.tree_utils.tree_get(specs.opt_state, 'trace') == specs.params
