@@ -204,14 +204,17 @@ class Batches:
   Each element carries its place in this process's stream ('index'); a gap means an image
   failed to read or decode. on_bad_image='error' raises ValueError naming the file; 'skip'
   logs it and appends its name to `skipped` (which starts with the files the source left
-  out before the stream). describe(name) says why, name as the stream holds it (bytes).
+  out before the stream). describe(name) says why, name as the stream holds it (bytes);
+  remedy, what to do about it.
   """
 
-  def __init__(self, ds, names, data, with_file_names, *, describe, total=None, skipped=()):
+  def __init__(self, ds, names, data, with_file_names, *, describe, total=None, skipped=(),
+               remedy='Remove or replace the file'):
     self._it = iter(ds.as_numpy_iterator())
     self._names = names  # Dataset of file names, in stream order.
     self._data = data
     self._describe = describe
+    self._remedy = remedy
     self._with_file_names = with_file_names
     self._total = total  # Stream length (evaluation), to notice a dropped tail.
     self._next_index = 0
@@ -228,7 +231,7 @@ class Batches:
       name = display_name(name)
       if self._data.on_bad_image != 'skip':
         raise ValueError(
-            f'Cannot use image {name}: {error}. Remove or replace the file, or set '
+            f'Cannot use image {name}: {error}. {self._remedy}, or set '
             "config.data.on_bad_image='skip' to skip bad images and count them.")
       logging.warning('Skipped an image that cannot be used: %s (%s)', name, error)
       self.skipped.append(name)

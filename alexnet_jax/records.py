@@ -4,9 +4,10 @@ decoding JPEGs (benchmarks/NOTES.md, item 16).
     ROOT/classes.txt                          class names, one a line; label i is line i
     ROOT/<split>/images-00000-of-00003.npy    uint8 [k, S, S, 3]: k = shard_size, the last
                                               shard fewer (plain .npy: np.load reads it)
-    ROOT/<split>/index.npz                    label int32 [n], checksum uint64 [n],
-                                              file_name bytes [n], size, shard_size,
-                                              resize_mode ('shorter' or 'warp')
+    ROOT/<split>/index.npz                    version (FORMAT_VERSION), label int32 [n],
+                                              checksum uint32 [n], file_name bytes [n],
+                                              size, shard_size, resize_mode ('shorter'
+                                              or 'warp')
 
 Written by `python -m alexnet_jax.prepare records`; index.npz is written last, so a split
 without it is incomplete. Record i is image i of the split in the source's order (a
@@ -15,21 +16,34 @@ S * S * 3 of shard i // shard_size: read at any position with one pread, no pars
 S * S * 3 bytes an image: 196,608 at 256 x 256 (252 GB for ImageNet's 1,281,167 training
 images, against about 34 GB as 256 x 256 JPEGs at quality 95).
 
-Each record's checksum is the sum of its bytes read as little-endian 64-bit words (a
-shorter tail as one word), modulo 2^64: a flipped bit, a zeroed block or another
-record's bytes change it, and it costs about 5 us an image against zlib.crc32's 50
-(NOTES.md). A record that cannot be read (its shard missing, truncated or unreadable) or
-whose checksum differs is reported by the reading functions, not raised: the pipeline
-names it and skips it or stops, as a bad image.
+Each record's checksum is its CRC-32 (zlib.crc32): it catches every change within 32
+consecutive bits and any one or two flipped bits; swapped words and other damage pass
+with a chance of about 2^-32. Format 1 summed the record's 64-bit words, which every swap
+of two words, and two bytes 8 apart changed by +d and -d, passed
+(benchmarks/NOTES.md, item 16.6); its files are refused with a message to write them
+again. A damaged index.npz is an error naming it. A record that cannot be read (its shard
+missing, truncated, unreadable or with a damaged header) or whose checksum differs is
+reported by the reading functions, not raised: the pipeline names it and skips it or
+stops, as a bad image.
 """
 
 import os
 from typing import NamedTuple
+import zlib
 
+from absl import logging
 import numpy as np
 
 INDEX_FILE = 'index.npz'
 CLASSES_FILE = 'classes.txt'
+# 2: CRC-32 checksums (1, unversioned: sums of 64-bit words).
+FORMAT_VERSION = 2
+REWRITE = ('Write the records again with `python -m alexnet_jax.prepare records '
+           '--dataset=folder|imagenet2012 --data_dir=SOURCE --out=ROOT` (README, "Data")')
+
+
+class RecordsError(ValueError):
+  """A split's index cannot be used: damaged, or written in another format."""
 
 
 class Split(NamedTuple):
@@ -38,11 +52,13 @@ class Split(NamedTuple):
   size: int  # S: records are [S, S, 3].
   shard_size: int
   shards: tuple  # File names, in order.
-  offsets: tuple  # Each shard's header length in bytes (where record 0 starts).
+  offsets: tuple  # Each shard's header length in bytes (where record 0 starts), -1 if
+  # the shard cannot be used.
   label: np.ndarray  # int32 [n]
-  checksum: np.ndarray  # uint64 [n]
+  checksum: np.ndarray  # uint32 [n]: CRC-32 of each record
   file_name: np.ndarray  # bytes [n]: the source's name for each image.
   resize_mode: str  # How the source was resized to S x S (config.data.resize_mode).
+  shard_errors: tuple = ()  # Why each shard cannot be used (None where it can).
 
   @property
   def num_examples(self):
@@ -64,17 +80,8 @@ class Split(NamedTuple):
 
 
 def checksum(image):
-  """The sum of the bytes of `image` (uint8, any shape) as little-endian uint64 words."""
-  flat = np.ascontiguousarray(image).reshape(-1)
-  if len(flat) % 8 == 0:  # 256 x 256 x 3: one reduction.
-    return np.add.reduce(flat.view('<u8'), dtype=np.uint64)
-  whole = len(flat) // 8 * 8
-  total = np.add.reduce(flat[:whole].view('<u8'), dtype=np.uint64)
-  if whole < len(flat):
-    tail = np.zeros(8, np.uint8)
-    tail[:len(flat) - whole] = flat[whole:]
-    total += tail.view('<u8')[0]
-  return np.uint64(total)
+  """The CRC-32 of the bytes of `image` (uint8, any shape, C order)."""
+  return zlib.crc32(np.ascontiguousarray(image).reshape(-1))
 
 
 def _shard_name(k, count):
@@ -133,7 +140,8 @@ def write_split(root, split, batches, num_examples, shard_size=1024, resize_mode
   for k, old in enumerate(shards):  # Named for the shards actually written.
     os.replace(os.path.join(folder, old), os.path.join(folder, _shard_name(k, len(shards))))
   tmp = os.path.join(folder, 'index.tmp.npz')
-  np.savez(tmp, label=np.asarray(labels, np.int32), checksum=np.asarray(sums, np.uint64),
+  np.savez(tmp, version=np.int64(FORMAT_VERSION), label=np.asarray(labels, np.int32),
+           checksum=np.asarray(sums, np.uint32),
            file_name=np.asarray(names, dtype=bytes), size=np.int64(size or 0),
            shard_size=np.int64(shard_size), resize_mode=np.asarray(resize_mode))
   os.replace(tmp, os.path.join(folder, INDEX_FILE))
@@ -155,39 +163,88 @@ def exists(root, split):
   return os.path.exists(os.path.join(root, split, INDEX_FILE))
 
 
+def read_index(root, split):
+  """ROOT/<split>/index.npz as a dict of NumPy values; RecordsError if it is damaged or of
+  another format version."""
+  path = os.path.join(root, split, INDEX_FILE)
+  try:
+    with np.load(path) as index:
+      fields = {k: index[k] for k in index.files}
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # BadZipFile, zlib.error, ...
+    raise RecordsError(
+        f'The records index {path} is damaged ({type(e).__name__}: {e}); the split cannot '
+        f'be read. {REWRITE}.') from e
+  version = int(fields.get('version', 1))
+  if version != FORMAT_VERSION:
+    raise RecordsError(
+        f'The records in {os.path.join(root, split)} are in records format {version}'
+        + (' (checksums that sum 64-bit words, blind to swapped words)' if version == 1
+           else '') + f'; this version of alexnet_jax reads format {FORMAT_VERSION}. '
+        f'{REWRITE}.')
+  missing = sorted({'label', 'checksum', 'file_name', 'size', 'shard_size',
+                    'resize_mode'} - set(fields))
+  if missing:
+    raise RecordsError(f'The records index {path} lacks {missing}; the split cannot be '
+                       f'read. {REWRITE}.')
+  return fields
+
+
+def num_examples(root, split):
+  return len(read_index(root, split)['label'])
+
+
 def open_split(root, split):
   """The Split of ROOT/<split> (index and shard headers read; no image read)."""
   folder = os.path.join(root, split)
-  with np.load(os.path.join(folder, INDEX_FILE)) as index:
-    label, sums, names = index['label'], index['checksum'], index['file_name']
-    size, shard_size = int(index['size']), int(index['shard_size'])
-    resize_mode = str(index['resize_mode'])
+  index = read_index(root, split)
+  label, sums, names = index['label'], index['checksum'], index['file_name']
+  size, shard_size = int(index['size']), int(index['shard_size'])
+  resize_mode = str(index['resize_mode'])
   count = -(-len(label) // shard_size)
   shards = tuple(_shard_name(k, count) for k in range(count))
-  offsets = []
+  offsets, errors = [], []
   for k, name in enumerate(shards):
-    offsets.append(_header_length(os.path.join(folder, name), size,
-                                  min(shard_size, len(label) - k * shard_size)))
+    records = min(shard_size, len(label) - k * shard_size)
+    offset, error = _header_length(os.path.join(folder, name), size, records)
+    offsets.append(offset)
+    errors.append(error)
+    if error:
+      logging.warning('Records shard %s %s: its %d records are bad images (%s). %s.',
+                      os.path.join(folder, name), error, records,
+                      'config.data.on_bad_image', REWRITE)
   return Split(folder, size, shard_size, shards, tuple(offsets), label, sums, names,
-               resize_mode)
+               resize_mode, tuple(errors))
 
 
 def _header_length(path, size, count):
-  """Bytes before the first record of a shard; a shard that cannot be opened or whose
-  header is not [count, size, size, 3] uint8 gets -1 (its records read as bad)."""
+  """(bytes before the first record of a shard, None), or (-1, why) for a shard that
+  cannot be opened or whose header is not [count, size, size, 3] uint8 (its records then
+  read as bad)."""
   headers = {(1, 0): np.lib.format.read_array_header_1_0,
              (2, 0): np.lib.format.read_array_header_2_0}
+  wanted = f'[{count}, {size}, {size}, 3] uint8'
   try:
     with open(path, 'rb') as f:
-      version = np.lib.format.read_magic(f)
+      try:
+        version = np.lib.format.read_magic(f)
+      except ValueError:
+        return -1, 'is not a NumPy .npy file (its first bytes are not the .npy magic)'
       if version not in headers:
-        return -1
-      shape, fortran, dtype = headers[version](f)
+        return -1, f'has a .npy header of unknown version {version}'
+      try:
+        shape, fortran, dtype = headers[version](f)
+      except Exception as e:  # pylint: disable=broad-except  # TokenError, SyntaxError...
+        return -1, f'has a damaged .npy header ({type(e).__name__}: {e})'
       if shape != (count, size, size, 3) or fortran or dtype != np.uint8:
-        return -1
-      return f.tell()
-  except (OSError, ValueError):
-    return -1
+        return -1, (f'holds {dtype} {list(shape)}{" (Fortran order)" if fortran else ""}'
+                    f', not {wanted}')
+      return f.tell(), None
+  except FileNotFoundError:
+    return -1, 'is missing'
+  except OSError as e:
+    return -1, f'cannot be opened ({e.strerror or e})'
 
 
 def _each(split, ids, buffer):
@@ -205,8 +262,7 @@ def _each(split, ids, buffer):
         fd = files.get(shard)
         if fd is None:
           if split.offsets[shard] < 0:
-            raise OSError(f'its file is missing or not a shard of [{split.size}, '
-                          f'{split.size}, 3] uint8 images')
+            raise OSError(f'its shard {split.shard_errors[shard]}')
           fd = files[shard] = os.open(os.path.join(split.root, split.shards[shard]),
                                       os.O_RDONLY)
         got = os.preadv(fd, [out], split.offsets[shard] + j * record_bytes)
@@ -217,8 +273,8 @@ def _each(split, ids, buffer):
         continue
       found = checksum(out)
       if found != split.checksum[i]:
-        yield k, (f'{split.describe(i)} is corrupt: checksum {int(found):#018x}, stored '
-                  f'{int(split.checksum[i]):#018x}')
+        yield k, (f'{split.describe(i)} is corrupt: CRC-32 {int(found):#010x}, stored '
+                  f'{int(split.checksum[i]):#010x}')
       else:
         yield k, None
   finally:

@@ -50,8 +50,7 @@ def splits(data):
 
 
 def num_examples(data, split):
-  with np.load(os.path.join(_root(data, split), split, records.INDEX_FILE)) as index:
-    return len(index['label'])
+  return records.num_examples(_root(data, split), split)
 
 
 def stored_size(data, split):
@@ -242,7 +241,8 @@ def create_split(data, split, *, train, seed, start_step, image_size, num_views,
       tf.gather(names_t, tf.maximum(ids_positions[0], 0))))
   return data_source.Batches(
       ds, names, data, with_file_names, total=None if train else real,
-      describe=lambda name: bad.get(data_source.display_name(name), 'the reader left it out'))
+      describe=lambda name: bad.get(data_source.display_name(name), 'the reader left it out'),
+      remedy=records.REWRITE)
 
 
 

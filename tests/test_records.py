@@ -299,3 +299,104 @@ def test_features_data_reads_records_a_folder_or_a_tfds_name(pngs):
                          ('imagenet2012', ('imagenet2012', ''))):
     data_config_ = inference.data_config(config, data)
     assert (data_config_.dataset, data_config_.data_dir) == expected
+
+
+def _sum_of_words(record):
+  """Format 1's checksum: the record's bytes as little-endian uint64 words, summed."""
+  return int(np.add.reduce(record.reshape(-1).view('<u8'), dtype=np.uint64))
+
+
+def _damage_record(path, offset, kind):
+  """Damages the record at `offset` of shard `path` as format 1's sum could not see:
+  two different 8-byte words swapped, or two bytes 8 apart whose values sum to 255 both
+  flipped (each becomes the other's value). Returns the record before and after."""
+  with open(path, 'r+b') as f:
+    f.seek(offset)
+    record = np.frombuffer(f.read(256 * 256 * 3), np.uint8).copy()
+    damaged = record.copy()
+    if kind == 'swapped words':
+      words = damaged.view('<u8')
+      i = 100 + int(np.flatnonzero(words[100:] != words[99])[0])  # Two that differ.
+      words[[99, i]] = words[[i, 99]]
+    else:
+      o = int(np.flatnonzero(record[:-8].astype(int) + record[8:] == 255)[0])
+      damaged[[o, o + 8]] ^= 0xFF
+    f.seek(offset)
+    f.write(damaged.tobytes())
+  return record, damaged
+
+
+@pytest.mark.parametrize('kind', ['swapped words', 'paired flips'])
+def test_damage_a_sum_of_words_misses_is_caught(pngs, tmp_path, kind):
+  """Swapped words and paired flips (issue 26: trained on silently with format 1's sum)
+  stop the run naming the record and its shard, or are skipped and counted."""
+  out = tmp_path / 'damaged'
+  shutil.copytree(pngs[1], out)
+  split = records.open_split(str(out), 'train')
+  before, after = _damage_record(*split.where(3), kind)
+  assert not np.array_equal(before, after)
+  assert _sum_of_words(before) == _sum_of_words(after)  # Format 1 passed it.
+  data = data_config(dataset='records', data_dir=str(out), on_bad_image='error')
+  with pytest.raises(ValueError, match=r'Cannot use image cat/2\.png: record 3 of '
+                     r'.*images-00000-of-00002\.npy is corrupt: CRC-32 0x[0-9a-f]{8}, stored '
+                     r'0x[0-9a-f]{8}\. Write the records again with `python -m '
+                     r'alexnet_jax\.prepare records'):
+    take(input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
+                                     shard=(0, 1)), 6)
+  data.on_bad_image = 'skip'
+  batches = input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
+                                        shard=(0, 1))
+  take(batches, 6)  # More than an epoch (5 steps).
+  assert batches.skipped[0] == 'cat/2.png'
+
+
+def test_records_of_format_1_are_refused_saying_to_rewrite_them(pngs, tmp_path):
+  out = tmp_path / 'old'
+  shutil.copytree(pngs[1], out)
+  path = out / 'train' / records.INDEX_FILE
+  with np.load(path) as index:
+    fields = {k: index[k] for k in index.files if k != 'version'}
+  np.savez(path, **fields)  # As format 1 wrote it: no version.
+  with pytest.raises(records.RecordsError, match=r'train are in records format 1 \(checksums '
+                     r'that sum 64-bit words.*reads format 2\. Write the records again'):
+    input_pipeline.num_examples(data_config(dataset='records', data_dir=str(out)), 'train')
+
+
+def test_an_overwritten_shard_header_names_the_shard(pngs, tmp_path):
+  """A shard whose .npy header was overwritten (NumPy: TokenError): its records are bad
+  images named with the shard and what is wrong with it."""
+  out = tmp_path / 'damaged'
+  shutil.copytree(pngs[1], out)
+  shard = out / 'train' / 'images-00000-of-00002.npy'
+  with open(shard, 'r+b') as f:
+    f.seek(8)
+    length = int.from_bytes(f.read(2), 'little')
+    f.write(b"{'descr': [[[".ljust(length - 1) + b'\n')
+  with pytest.raises(Exception) as library:  # What NumPy says: no file named.
+    np.load(shard)
+  assert str(shard) not in str(library.value)
+  data = data_config(dataset='records', data_dir=str(out), on_bad_image='error')
+  with pytest.raises(ValueError, match=r'record \d+ of .*images-00000-of-00002\.npy cannot be '
+                     r'read: its shard has a damaged \.npy header \(TokenError: .*\)\. Write '
+                     r'the records again'):
+    take(input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
+                                     shard=(0, 1)), 1)
+
+
+def test_a_damaged_index_stops_main_naming_it(pngs, tmp_path):
+  """index.npz with a byte changed in its first array (zip: Bad CRC-32): one error naming
+  the file and what to do, before any compute."""
+  out = tmp_path / 'damaged'
+  shutil.copytree(pngs[1], out)
+  path = out / 'train' / records.INDEX_FILE
+  raw = bytearray(path.read_bytes())
+  raw[200] ^= 0xFF
+  path.write_bytes(bytes(raw))
+  result = run_main(tmp_path / 'run', '--config.data.dataset=records',
+                    f'--config.data.data_dir={out}', '--config.model.num_classes=3',
+                    check=False)
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if l.startswith('ERROR: ')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert f'The records index {path} is damaged (' in errors[0]
+  assert 'Write the records again with `python -m alexnet_jax.prepare records' in errors[0]
