@@ -32,12 +32,16 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
+import warnings
+import weakref
 
 from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.futures import future as ocp_future
 
 ITEMS = ('state', 'config', 'progress')
 # Config fields that change the shapes or meaning of the parameters.
@@ -126,17 +130,69 @@ def create_manager(workdir, keep=None, *, read_only=False):
                                item_handlers=handlers, options=options)
 
 
+# The step of each manager's save still being written in the background.
+_PENDING = weakref.WeakKeyDictionary()
+
+
+def _release_orbax_waiters():
+  """Lets orbax's commit threads of a failed save end now.
+
+  A save's commit threads wait for the signal that its temporary directory exists. When
+  creating it fails, that signal never comes, and each thread waits orbax's coordination
+  timeout (multihost.coordination_timeout(): 300 s, not configurable; AsyncOptions'
+  timeout_secs bounds only the whole commit), keeping the process alive past its error:
+  Python waits for them at exit. Each is cancelled, then sent the signals it waits for:
+  a cancelled thread then returns without running its write (orbax 0.12.8's
+  _SignalingThread.run checks the cancellation right after its wait). Their coroutines,
+  never run, are not reported at exit.
+  """
+  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
+  # pylint: disable=protected-access
+  for thread in threading.enumerate():
+    if isinstance(thread, ocp_future._SignalingThread) and thread.is_alive():
+      thread.cancel()
+      try:
+        ocp_future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
+      except jax.errors.JaxRuntimeError:  # The coordination service is gone too.
+        pass
+  # pylint: enable=protected-access
+
+
 def _save_failed(manager, step, error):
-  # The failed save is the one whose temporary directory orbax left behind.
-  for name in os.listdir(manager.directory):
-    if '.orbax-checkpoint-tmp' in name and name.split('.')[0].isdigit():
-      step = int(name.split('.')[0])
+  _release_orbax_waiters()
+  _PENDING.pop(manager, None)
   good = [s for s in manager.all_steps() if s != step]
   return OSError(
       f'Saving the checkpoint of step {step} in {manager.directory} failed '
-      f'({_first_line(error)}). Earlier checkpoints are intact (latest: '
-      f'{max(good) if good else "none"}): free space or fix the disk, then rerun with the '
-      'same --workdir to resume.')
+      f'({first_line(error)}). Earlier checkpoints are intact (latest: '
+      f'{max(good) if good else "none"}). Make {manager.directory} writable or free space '
+      'on its disk, then rerun with the same --workdir to resume.')
+
+
+def wait(manager):
+  """Waits for the save in progress; its failure is a clear error naming its step."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_failed(manager, _PENDING.get(manager), e) from e
+  _PENDING.pop(manager, None)
+
+
+def latest_complete(manager):
+  """The latest step whose checkpoint is complete (not the save in flight), or None."""
+  steps = [s for s in manager.all_steps() if s != _PENDING.get(manager)]
+  return max(steps) if steps else None
+
+
+def check_saves(manager):
+  """Raises at once if the save in the background has failed; else returns at once.
+
+  Called after every training step, so a failed save ends the run within a step instead
+  of at the next save or the end.
+  """
+  if manager in _PENDING and not manager.is_saving_in_progress():
+    wait(manager)
 
 
 def save(manager, step, state, config, *, evaluated=True):
@@ -145,9 +201,11 @@ def save(manager, step, state, config, *, evaluated=True):
   evaluated: whether the evaluation due at `step` (if any) is done; False makes the
   resumed run redo it. Orbax writes into a temporary directory and renames it when
   complete, so a failed or interrupted save leaves the earlier checkpoints as they were.
+  A failed save, this one or the one before it, is an OSError naming its step.
   """
   if step in manager.all_steps():
     return
+  wait(manager)  # The previous save: its failure is its own step's.
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
@@ -155,20 +213,23 @@ def save(manager, step, state, config, *, evaluated=True):
         progress=ocp.args.JsonSave({'evaluated': bool(evaluated)})))
   except Exception as e:  # pylint: disable=broad-except
     raise _save_failed(manager, step, e) from e
+  _PENDING[manager] = step
 
 
 def finish(manager):
   """Waits for the last save and closes the manager; a failed save is a clear error."""
   try:
-    manager.wait_until_finished()
-  except Exception as e:  # pylint: disable=broad-except
-    raise _save_failed(manager, manager.latest_step(), e) from e
+    wait(manager)
   finally:
     manager.close()
 
 
 def check_compatible(saved, config, directory):
-  """Raises if the saved run's network differs from `config`'s in shape or meaning."""
+  """Raises if the saved run's network differs from `config`'s in shape or meaning.
+
+  saved: the checkpoint's model fields ({'model': {...}}), as `_stored_model` reads them
+  from its arrays (or as its saved config says, where the arrays do not say).
+  """
   diffs = [f'model.{k}: checkpoint {saved["model"][k]!r}, config {config.model[k]!r}'
            for k in _MODEL_FIELDS if saved['model'].get(k) != config.model[k]]
   if diffs:
@@ -179,7 +240,7 @@ def check_compatible(saved, config, directory):
 
 # ------------------------------------------------------------------- reading one step --
 
-def _first_line(error):
+def first_line(error):
   text = str(error).strip()
   return f'{type(error).__name__}: {text.splitlines()[0][:300] if text else ""}'
 
@@ -208,7 +269,7 @@ def _read(manager, step, what, **args):
     return manager.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except
     if _damage(e) is not None:
-      raise DamagedCheckpoint(f'{what}: {_first_line(_damage(e))}') from e
+      raise DamagedCheckpoint(f'{what}: {first_line(_damage(e))}') from e
     raise
 
 
@@ -218,19 +279,48 @@ def _layout(tree):
   return {'/'.join(map(str, k)): (tuple(v.shape), str(v.dtype)) for k, v in flat.items()}
 
 
-def _check_layout(manager, step, target, subtree=None):
-  """Compares the stored arrays' structure, shapes and dtypes with `target`'s."""
+def _stored_layout(manager, step, subtree=None):
+  """{path: (shape, dtype)} of the arrays a checkpoint holds, from its metadata (no array
+  read); paths under `subtree` ('params') relative to it."""
   try:
     metadata = manager.item_metadata(step)['state']
   except Exception as e:  # pylint: disable=broad-except
     if _damage(e) is not None or isinstance(e, KeyError):
-      raise DamagedCheckpoint(f'state metadata: {_first_line(_damage(e) or e)}') from e
+      raise DamagedCheckpoint(f'state metadata: {first_line(_damage(e) or e)}') from e
     raise
   if metadata is None or getattr(metadata, 'tree', None) is None:
     raise DamagedCheckpoint('state metadata missing')
   stored = _layout(metadata.tree)
   if subtree is not None:
     stored = {k[len(subtree) + 1:]: v for k, v in stored.items() if k.startswith(subtree + '/')}
+  return stored
+
+
+def _stored_model(manager, step, stored, prefix=''):
+  """The model fields a checkpoint's arrays hold ({'model': {...}}), read from their
+  shapes: num_classes is fc8's width; columns is conv1's channels over the channels each
+  conv2 kernel sees. A saved config that says otherwise (edited, or mixed up) is named in
+  a warning; the arrays are what a restore would load."""
+  saved = _read(manager, step, 'config', config=ocp.args.JsonRestore())['config']
+  model = dict(saved.get('model', {}))
+  fc8, conv1, conv2 = (stored.get(f'{prefix}{name}/kernel')
+                       for name in ('fc8', 'conv1', 'conv2'))
+  from_arrays = {}
+  if fc8 is not None:
+    from_arrays['num_classes'] = fc8[0][-1]
+  if conv1 is not None and conv2 is not None and conv2[0][-2]:
+    from_arrays['columns'] = conv1[0][-1] // conv2[0][-2]
+  for k, v in from_arrays.items():
+    if model.get(k) != v:
+      logging.warning('The saved config of checkpoint %s/%d says model.%s=%r, but its '
+                      'arrays hold %r; comparing the arrays.', manager.directory, step, k,
+                      model.get(k), v)
+    model[k] = v
+  return {'model': model}
+
+
+def _check_layout(manager, step, target, stored):
+  """Compares the stored arrays' structure, shapes and dtypes with `target`'s."""
   wanted = _layout(target)
   diffs = ([f'{k}: checkpoint {stored[k][0]} {stored[k][1]}, config {wanted[k][0]} '
             f'{wanted[k][1]}' for k in sorted(set(stored) & set(wanted))
@@ -301,9 +391,10 @@ def restore_latest(manager, state, config):
   abstract = _abstract(state)
 
   def read(step):
-    saved = _read(manager, step, 'config', config=ocp.args.JsonRestore())['config']
-    check_compatible(saved, config, manager.directory)
-    _check_layout(manager, step, abstract)
+    stored = _stored_layout(manager, step)
+    check_compatible(_stored_model(manager, step, stored, 'params/'), config,
+                     manager.directory)
+    _check_layout(manager, step, abstract, stored)
     items = _read(manager, step, 'state', state=ocp.args.StandardRestore(abstract),
                   progress=ocp.args.JsonRestore())
     return items['state'], items['progress']['evaluated']
@@ -353,10 +444,10 @@ def restore_params(workdir, params, config=None, step=None):
   abstract = {'params': _abstract(params)}
 
   def read(manager, s):
+    stored = _stored_layout(manager, s, subtree='params')
     if config is not None:
-      saved = _read(manager, s, 'config', config=ocp.args.JsonRestore())['config']
-      check_compatible(saved, config, manager.directory)
-    _check_layout(manager, s, abstract['params'], subtree='params')
+      check_compatible(_stored_model(manager, s, stored), config, manager.directory)
+    _check_layout(manager, s, abstract['params'], stored)
     return _read(manager, s, 'state', state=ocp.args.PyTreeRestore(
         item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
         partial_restore=True))['state']['params']

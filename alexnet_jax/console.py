@@ -6,7 +6,8 @@ The entry points (main, features, evaluate, predict, convert) run their main thr
 default the console shows every line this project logs and only the errors of the
 libraries under it (JAX, orbax, TensorFlow), without their tracebacks: a 300-step run
 logged 123 lines of orbax INFO among 153. `--library_logs` shows everything.
-`run(fn)` reports a failure as one line first (the error and what to do), then the detail.
+`run(fn)` reports a failure as one line first (the error and what to do), then the detail;
+an error marked `skip_cleanup` (a dead peer process) then ends the process at once.
 """
 
 import logging
@@ -74,6 +75,9 @@ def run(fn, *args, **kwargs):
     sys.stderr.flush()
     print(f'\nERROR: {type(e).__name__}: {e}\n\nDetail:\n{detail}', file=sys.stderr,
           flush=True)
+    if getattr(e, 'skip_cleanup', False):  # An exit that must not wait (train.PeerLost).
+      sys.stdout.flush()
+      os._exit(1)  # pylint: disable=protected-access
     sys.exit(1)
 
 

@@ -21,29 +21,35 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.DEFINE_integer('heartbeat_timeout', 100, 'Several processes: seconds without a '
+                     "heartbeat after which JAX's coordinator declares a process dead and "
+                     'ends the others (JAX\'s default, 100). Shorter notices a silent peer '
+                     'sooner; too short ends a run whose process merely stalls.')
 flags.mark_flags_as_required(['config', 'workdir'])
 console.define_flags()
 
 
-def maybe_initialize_distributed(config):
+def maybe_initialize_distributed(config, heartbeat_timeout=100):
   """Starts JAX's distributed runtime when the config or the environment asks for it.
 
   With config.distributed, jax.distributed.initialize() finds the cluster itself (SLURM,
   Open MPI, TPU pods); JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set
-  it up anywhere else.
+  it up anywhere else. heartbeat_timeout: seconds after which the coordinator declares a
+  silent process dead (README, "Several machines").
   """
   if config.distributed or 'JAX_COORDINATOR_ADDRESS' in os.environ:
     env = os.environ
     jax.distributed.initialize(
         coordinator_address=env.get('JAX_COORDINATOR_ADDRESS'),
         num_processes=int(env['JAX_NUM_PROCESSES']) if 'JAX_NUM_PROCESSES' in env else None,
-        process_id=int(env['JAX_PROCESS_ID']) if 'JAX_PROCESS_ID' in env else None)
+        process_id=int(env['JAX_PROCESS_ID']) if 'JAX_PROCESS_ID' in env else None,
+        heartbeat_timeout_seconds=heartbeat_timeout)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  maybe_initialize_distributed(FLAGS.config)
+  maybe_initialize_distributed(FLAGS.config, FLAGS.heartbeat_timeout)
   logging.info('JAX process %d of %d; %d local / %d global devices: %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())

@@ -41,6 +41,36 @@ from alexnet_jax import preprocessing
 from alexnet_jax import synthetic
 
 AXES = ('data', 'model')
+METRICS_FILE = 'metrics.jsonl'
+# What a collective says when the process at the other end is gone (XLA:CPU's Gloo, gRPC).
+_PEER_GONE = re.compile(r'Gloo \S+ failed|Connection reset by peer|Connection refused|'
+                        r'Broken pipe|Socket closed')
+
+
+class PeerLost(RuntimeError):
+  """Another process of a multi-process run is gone; this one must stop too.
+
+  skip_cleanup: JAX's distributed shutdown at exit would wait for the dead peer at its
+  shutdown barrier until the coordinator's heartbeat timeout, then abort the process
+  (console.run exits at once instead).
+  """
+  skip_cleanup = True
+
+
+def _peer_lost(error, step, manager):
+  """PeerLost for `error`, a collective of a multi-process run failing at `step` because
+  a peer is gone; None for any other error."""
+  if jax.process_count() < 2 or not _PEER_GONE.search(str(error)):
+    return None
+  me, n = jax.process_index(), jax.process_count()
+  peer = f'process {1 - me}' if n == 2 else 'another process (its own log says which)'
+  latest = checkpointing.latest_complete(manager)
+  kept = (f'The last checkpoint, step {latest} in {manager.directory}, is intact'
+          if latest is not None else f'No checkpoint was saved yet in {manager.directory}')
+  return PeerLost(
+      f'A peer process is gone: {peer} of {n} stopped answering at step {step} '
+      f'({checkpointing.first_line(error)}); process {me} stops too. {kept}: start every '
+      'process again with the same --workdir to resume.')
 
 
 class TrainState(train_state.TrainState):
@@ -376,42 +406,107 @@ def evaluate(eval_step, params, config, mesh, num_views, stop=lambda: False):
   return dict(errors, loss=totals['loss'] / count, count=count)
 
 
-def _truncate_history(path, step):
-  """Drops the lines of a metrics.jsonl past `step`: a run resumed at `step` redoes them,
-  so the file keeps one history. A line cut short by a kill is dropped too."""
+def read_history(path):
+  """The records of a metrics.jsonl ([(line, dict)]) and its cut-off last line (bytes, or
+  None): a last line without its newline that does not parse, as a kill or a full disk
+  during a write leaves it.
+
+  Any other line that is not UTF-8, not JSON or not an object with an integer 'step' is
+  a ValueError naming the file and the line: the resume rewrites the file and would lose it.
+  """
   if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines()
-  keep = []
-  for line in lines:
+    return [], None
+  with open(path, 'rb') as f:
+    lines = f.read().split(b'\n')
+  last = lines.pop()  # b'' after a final newline.
+  records = []
+
+  def parse(raw):
+    """(line, record) of one line; ValueError saying what is wrong with it."""
     try:
-      if json.loads(line)['step'] <= step:
-        keep.append(line if line.endswith('\n') else line + '\n')
-    except (ValueError, KeyError):
-      pass
-  if keep != lines:
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(keep)
-    os.replace(path + '.tmp', path)
+      text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+      raise ValueError(f'is not UTF-8 text ({e})') from None
+    try:
+      record = json.loads(text)
+    except ValueError as e:
+      raise ValueError(f'is not JSON ({e}: {text[:80]!r})') from None
+    if not isinstance(record, dict) or not isinstance(record.get('step'), int):
+      raise ValueError(f'is not a JSON object with an integer "step" ({text[:80]!r})')
+    return text + '\n', record
+
+  for number, raw in enumerate(lines, 1):
+    try:
+      records.append(parse(raw))
+    except ValueError as e:
+      raise ValueError(
+          f'{path}, line {number} {e}. The file is this run\'s metrics history (one JSON '
+          'object a line), which a resume rewrites: fix or delete that line, or move the '
+          'file aside to start a new history, then rerun.') from None
+  cut = None
+  if last:
+    try:
+      records.append(parse(last))
+    except ValueError:
+      cut = last
+  return records, cut
+
+
+def resume_history(path, step, evaluation_due):
+  """Makes metrics.jsonl the history up to `step`, where a run resumes; says what it drops.
+
+  Lines past `step` are dropped (the run redoes those steps; an INFO line says so); a
+  cut-off last line too, with a WARNING naming its step. Returns whether the evaluation
+  of `step` must be redone: `evaluation_due` (the checkpoint says it was done) but no
+  line records it, e.g. the line that was cut off.
+  """
+  records, cut = read_history(path)
+  keep = [line for line, record in records if record['step'] <= step]
+  later = sorted({record['step'] for _, record in records if record['step'] > step})
+  redo = evaluation_due and not any(
+      r['step'] == step and 'eval_top1_error' in r for _, r in records)
+  if cut is not None:
+    found = re.match(rb'\{"step": (\d+)', cut)
+    cut_step = int(found.group(1)) if found else None
+    if cut_step is not None and cut_step > step:
+      fate = f'step {cut_step} is past the checkpoint (step {step}) and is redone'
+    elif redo:
+      fate = f'the evaluation of step {step} is redone'
+    else:
+      fate = (f'what it held of step {cut_step} is lost' if cut_step is not None
+              else 'what it held is lost')
+    logging.warning('%s: dropped its last line, cut off (%d bytes: %r); %s.', path,
+                    len(cut), cut[:60], fate)
+  elif redo:
+    logging.warning('%s has no evaluation of step %d, which the checkpoint records as '
+                    'done; redoing it.', path, step)
+  if later:
+    logging.info('%s: dropped the lines of steps %d-%d, past the checkpoint (step %d); '
+                 'they are redone.', path, later[0], later[-1], step)
+  if os.path.exists(path):
+    with open(path, 'rb') as f:
+      unchanged = f.read() == ''.join(keep).encode()
+    if not unchanged:  # Also a last line without its newline, which the writer would extend.
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(keep)
+      os.replace(path + '.tmp', path)
+  return redo
 
 
 class MetricsWriter:
   """Writes scalars to `metrics.jsonl` (one JSON object a line) and TensorBoard.
 
-  Opened at `start_step` (a resume), it first drops the lines past that step, so the file
-  holds one history. Not clu.metric_writers (flax examples' choice): clu has no JSON-lines
-  writer, and metrics.jsonl is what the experiments, the tests and a user's own scripts
-  read without TensorFlow; its MultiWriter of TensorBoard and logging would replace the
-  ten lines below with a dependency, and the resume's truncation would stay ours.
+  A resumed run first makes the file its history up to the resumed step
+  (`resume_history`). Not clu.metric_writers (flax examples' choice): clu has no
+  JSON-lines writer, and metrics.jsonl is what the experiments, the tests and a user's own
+  scripts read without TensorFlow; its MultiWriter of TensorBoard and logging would replace
+  the ten lines below with a dependency, and the resume's truncation would stay ours.
   """
 
-  def __init__(self, workdir, start_step=0, enabled=True):
+  def __init__(self, workdir, enabled=True):
     self.enabled = enabled
     if enabled:
-      path = os.path.join(workdir, 'metrics.jsonl')
-      _truncate_history(path, start_step)
-      self._jsonl = open(path, 'a')
+      self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step, scalars):
@@ -546,6 +641,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   num_train = checks.check_data(config)
   checkpointing.check_writable(workdir)
   release = checkpointing.lock_workdir(workdir)
+  read_history(os.path.join(workdir, METRICS_FILE))  # A damaged line: an error now.
   preemption = Preemption()  # From here on a SIGTERM ends the run cleanly.
   try:
     return _train(config, workdir, mesh, num_train, preemption)
@@ -563,13 +659,19 @@ def _train(config, workdir, mesh, num_train, preemption):
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   state, evaluated = checkpointing.restore_latest(manager, state, config)
   start_step = int(state.step)
-  if start_step >= total_steps and evaluated:
+  is_main = jax.process_index() == 0
+  # An evaluation the checkpoint records as done but metrics.jsonl lost is redone.
+  due = evaluated and start_step > 0 and (start_step % config.eval_every_steps == 0
+                                          or start_step == total_steps)
+  redo = is_main and resume_history(os.path.join(workdir, METRICS_FILE), start_step, due)
+  if jax.process_count() > 1:
+    redo = bool(multihost_utils.broadcast_one_to_all(np.int32(redo)))
+  if start_step >= total_steps and evaluated and not redo:
     logging.info('The run in %s is complete (step %d of %d).', workdir, start_step,
                  total_steps)
     checkpointing.finish(manager)
     return state
-  is_main = jax.process_index() == 0
-  writer = MetricsWriter(workdir, start_step, enabled=is_main)
+  writer = MetricsWriter(workdir, enabled=is_main)
   logging.info('Training %d steps (%d per epoch) from step %d on a %s mesh.',
                total_steps, steps_per_epoch, start_step, dict(mesh.shape))
 
@@ -593,7 +695,7 @@ def _train(config, workdir, mesh, num_train, preemption):
     metrics = jax.device_get(metrics)
     if metrics['nonfinite']:
       if config.on_nan == 'stop':
-        manager.wait_until_finished()
+        checkpointing.wait(manager)
         raise FloatingPointError(
             f'Non-finite loss or gradients at step {step} (loss={metrics["loss"]}); the '
             f'update was not applied and training stopped. Checkpoints in {workdir} are '
@@ -602,8 +704,12 @@ def _train(config, workdir, mesh, num_train, preemption):
       skipped += 1
     return metrics
 
-  def run_eval(step):
-    """The evaluation due at `step`; False if a preemption interrupted it."""
+  def run_eval(step, update_schedule=True):
+    """The evaluation due at `step`; False if a preemption interrupted it.
+
+    update_schedule=False: a redone evaluation whose result the restored plateau state
+    already holds.
+    """
     nonlocal state
     last = step == total_steps
     views = config.data.eval_views if last else 1
@@ -615,7 +721,7 @@ def _train(config, workdir, mesh, num_train, preemption):
     logging.info('step %d: eval (%d view(s), %d examples) top-1 error %.4f, top-%d error '
                  '%.4f', step, views, result['count'], result['top1_error'],
                  min(5, config.model.num_classes), result['top5_error'])
-    if config.schedule == 'plateau' and not last:
+    if config.schedule == 'plateau' and not last and update_schedule:
       state = set_plateau(state, plateau, result['top1_error'], mesh)
     return True
 
@@ -625,8 +731,10 @@ def _train(config, workdir, mesh, num_train, preemption):
                     '--workdir to resume.', step,
                     '' if evaluated else ' (its evaluation is redone on resume)')
 
+  step = start_step
+  peer_lost = None
   try:
-    if not evaluated and not run_eval(start_step):
+    if (not evaluated or redo) and not run_eval(start_step, update_schedule=not evaluated):
       stop(start_step, evaluated=False)
       return state
     stream = itertools.chain([first], batches)
@@ -641,6 +749,7 @@ def _train(config, workdir, mesh, num_train, preemption):
         tracing = False
         logging.info('Wrote a profile of steps %d-%d to %s.', *profile,
                      os.path.join(workdir, 'profile'))
+      checkpointing.check_saves(manager)  # A failed save ends the run now.
       if pending is not None:
         check(*pending)
       pending = (step, metrics)
@@ -671,10 +780,16 @@ def _train(config, workdir, mesh, num_train, preemption):
           check(*pending)
           pending = None
         checkpointing.save(manager, step, state, config)
+  except (jax.errors.JaxRuntimeError, ValueError) as e:
+    peer_lost = _peer_lost(e, step, manager)
+    if peer_lost is None:
+      raise
+    raise peer_lost from e
   finally:
     if tracing:  # Stopped inside the window.
       jax.profiler.stop_trace()
-    checkpointing.finish(manager)
+    if peer_lost is None:  # A save in flight would wait for the dead peer.
+      checkpointing.finish(manager)
     progress.close()
     writer.close()
   return state

@@ -188,6 +188,39 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
   assert final_params(workdir)[0] == saved[0] + 2
 
 
+def test_a_dead_peer_ends_the_other_process_with_one_error_not_an_abort(tmp_path):
+  """Process 1 killed (SIGKILL) after the first checkpoint: process 0's next collective
+  fails (Gloo: connection reset); it says in one ERROR line that process 1 is gone, at
+  which step, that the checkpoint is intact, and exits 1 at once, without waiting for
+  the coordinator's heartbeat timeout and aborting (SIGABRT) at its end."""
+  workdir = tmp_path / 'run'
+  processes = start_two_processes(workdir, ['--config.mesh.model=1',
+                                            '--config.checkpoint_every_steps=2',
+                                            '--config.eval_every_steps=1000'], steps=500)
+  directory = checkpointing.checkpoint_dir(workdir)
+  deadline = time.time() + 600
+  while (all(p.poll() is None for p in processes) and time.time() < deadline
+         and not os.path.isdir(os.path.join(directory, '2'))):
+    time.sleep(0.05)
+  processes[1].kill()
+  killed = time.time()
+  output = processes[0].communicate(timeout=300)[0]
+  processes[1].communicate()
+  assert processes[0].returncode == 1, output[-3000:]  # Not -6 (SIGABRT).
+  assert time.time() - killed < 60, output[-3000:]
+  errors = [l for l in output.splitlines() if l.startswith('ERROR: ')]
+  assert len(errors) == 1, output[-3000:]
+  found = re.search(r'ERROR: PeerLost: A peer process is gone: process 1 of 2 stopped '
+                    r'answering at step (\d+) \(.*\); process 0 stops too\. The last '
+                    r'checkpoint, step (\d+) in (\S+), is intact: start every process again '
+                    r'with the same --workdir to resume\.', errors[0])
+  assert found, errors[0]
+  step, saved = int(found.group(1)), int(found.group(2))
+  assert found.group(3) == directory and saved % 2 == 0 and 2 <= saved <= step < 500
+  assert saved in [int(d) for d in os.listdir(directory) if d.isdigit()]
+  assert 'Fatal Python error' not in output and 'Check failure' not in output
+
+
 FAKE_SRUN = '''#!/bin/bash
 # srun on one machine: SLURM_NTASKS local copies of the command, ranks 0 .. N-1.
 pids=()

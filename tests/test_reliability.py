@@ -5,6 +5,7 @@ incompatible checkpoints also in tests/test_main.py.
 """
 
 import errno
+import json
 import os
 import random
 import shutil
@@ -448,3 +449,106 @@ def test_sigterm_during_evaluation_saves_at_once_and_the_rerun_redoes_it(tmp_pat
   assert resumed_from(result.stderr) == 2
   evals = [l for l in metrics(workdir) if 'eval_top1_error' in l]
   assert [(l['step'], l['eval_views']) for l in evals] == [(2, 10)]
+
+
+# ---------------------------------------------------------- metrics.jsonl on resume --
+
+def test_a_cut_off_last_line_is_reported_and_its_evaluation_redone(uninterrupted, tmp_path):
+  """The last line (step 6's evaluation) cut in half, as a kill or a full disk during the
+  write leaves it, under a checkpoint that records the evaluation as done: the resume
+  says what it dropped, redoes the evaluation, and the history is whole again."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  path = workdir / 'metrics.jsonl'
+  lines = path.read_bytes().splitlines(keepends=True)
+  assert b'"step": 6, "eval_top1_error"' in lines[-1]
+  path.write_bytes(b''.join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
+  result = run_main(workdir, *SAVE_EVERY)
+  warnings = [l for l in result.stderr.splitlines() if l.startswith('W') and 'metrics' in l]
+  assert len(warnings) == 1, result.stderr[-3000:]
+  assert (f'{path}: dropped its last line, cut off' in warnings[0]
+          and 'the evaluation of step 6 is redone' in warnings[0])
+  assert 'step 6: eval (1 view(s), 200 examples)' in result.stderr
+  assert history(workdir) == history(uninterrupted)
+  assert completed_steps(workdir) == [4, 6]
+
+
+@pytest.mark.parametrize('line,what', [
+    (b'{"step": 2, "loss": \xff\xfe}\n', 'is not UTF-8 text'),
+    (b'123\n', 'is not a JSON object with an integer "step"')], ids=['not UTF-8', 'not an object'])
+def test_a_damaged_metrics_line_stops_the_resume_naming_it(uninterrupted, tmp_path, line, what):
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  path = workdir / 'metrics.jsonl'
+  lines = path.read_bytes().splitlines(keepends=True)
+  damaged = b''.join(lines[:1] + [line] + lines[1:])
+  path.write_bytes(damaged)
+  result = run_main(workdir, *SAVE_EVERY, check=False)
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if l.startswith('ERROR: ')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert f'ValueError: {path}, line 2 {what}' in errors[0]
+  assert 'fix or delete that line, or move the file aside' in errors[0]
+  assert path.read_bytes() == damaged  # Nothing rewritten, nothing lost.
+  assert completed_steps(workdir) == [4, 6]
+
+
+def test_resume_compares_the_arrays_not_an_edited_saved_config(uninterrupted, tmp_path):
+  """The saved config edited to num_classes 5 while the arrays hold 10: the arrays decide.
+  A config of 10 resumes (a warning names the disagreement); one of 1000 is told the
+  checkpoint holds 10."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  for step in (4, 6):
+    path = os.path.join(checkpointing.checkpoint_dir(workdir), str(step), 'config', 'metadata')
+    with open(path) as f:
+      saved = json.load(f)
+    saved['model']['num_classes'] = 5
+    with open(path, 'w') as f:
+      json.dump(saved, f)
+  config = sample.get_config()
+  config.model.num_classes = 1000
+  with pytest.raises(ValueError, match=r'model.num_classes: checkpoint 10, config 1000'):
+    checkpointing.restore_params(workdir, {'conv1': {}}, config)
+  result = run_main(workdir, *SAVE_EVERY)  # Complete at step 6: restored and checked.
+  assert 'checkpoint 5' not in result.stderr
+  assert ('says model.num_classes=5, but its arrays hold 10; comparing the arrays'
+          in result.stderr)
+  assert resumed_from(result.stderr) == 6
+
+
+# ------------------------------------------------------------- a save that fails --
+
+def test_a_save_into_read_only_checkpoints_fails_in_seconds_naming_its_step(uninterrupted,
+                                                                           tmp_path):
+  """checkpoints/ read-only, the workdir writable: the save of step 8 fails; the run ends
+  within seconds of the failure (orbax's waiters for the step directory would hold the
+  process 300 s) with one error naming step 8 and the directory."""
+  if os.geteuid() == 0 and not shutil.which('setpriv'):
+    pytest.skip('root ignores permission bits; setpriv (util-linux) drops that privilege')
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  directory = checkpointing.checkpoint_dir(workdir)
+  os.chmod(directory, 0o555)
+  # As root, without the capabilities that bypass permission bits.
+  drop = (['setpriv', '--bounding-set', '-dac_override,-dac_read_search']
+          if os.geteuid() == 0 else [])
+  try:
+    result = subprocess.run(drop + main_command(workdir, *SAVE_EVERY, steps=10), cwd=REPO,
+                            env=environment(), capture_output=True, text=True, timeout=600)
+    ended = time.time()
+  finally:
+    os.chmod(directory, 0o755)
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('ERROR: ')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert (f'Saving the checkpoint of step 8 in {directory} failed (PermissionError: '
+          in errors[0])
+  assert f'Earlier checkpoints are intact (latest: 6). Make {directory} writable' in errors[0]
+  failed = [l for l in result.stderr.splitlines() if 'Permission denied' in l and
+            l.startswith('E')][0]  # orbax's log line at the failure: 'E1204 22:25:33.026'.
+  stamp = time.strptime(f'{time.localtime().tm_year} {failed[1:5]} {failed[6:14]}',
+                        '%Y %m%d %H:%M:%S')
+  assert ended - time.mktime(stamp) < 30, result.stderr[-3000:]
+  assert 'never awaited' not in result.stderr
+  assert completed_steps(workdir) == [4, 6]
