@@ -16,10 +16,10 @@ S * S * 3 of shard i // shard_size: read at any position with one pread, no pars
 S * S * 3 bytes an image: 196,608 at 256 x 256 (252 GB for ImageNet's 1,281,167 training
 images, against about 34 GB as 256 x 256 JPEGs at quality 95).
 
-Each record's checksum is its CRC-32 (zlib.crc32): it catches every change within 32
-consecutive bits and any one or two flipped bits; swapped words and other damage pass
-with a chance of about 2^-32. Format 1 summed the record's 64-bit words, which every swap
-of two words, and two bytes 8 apart changed by +d and -d, passed
+Each record's checksum is its CRC-32 (zlib's; ISA-L computes it): it catches every
+change within 32 consecutive bits and any one or two flipped bits; swapped words and
+other damage pass with a chance of about 2^-32. Format 1 summed the record's 64-bit
+words, which every swap of two words, and two bytes 8 apart changed by +d and -d, passed
 (benchmarks/NOTES.md, item 16.6); its files are refused with a message to write them
 again. A damaged index.npz is an error naming it. A record that cannot be read (its shard
 missing, truncated, unreadable or with a damaged header) or whose checksum differs is
@@ -33,6 +33,11 @@ import zlib
 
 from absl import logging
 import numpy as np
+
+try:  # ISA-L's CRC-32: zlib's function (the same values), several times faster.
+  from isal.isal_zlib import crc32  # pylint: disable=g-import-not-at-top
+except ImportError:  # A Python without it (requirements.txt pins it) computes the same.
+  crc32 = zlib.crc32
 
 INDEX_FILE = 'index.npz'
 CLASSES_FILE = 'classes.txt'
@@ -80,8 +85,8 @@ class Split(NamedTuple):
 
 
 def checksum(image):
-  """The CRC-32 of the bytes of `image` (uint8, any shape, C order)."""
-  return zlib.crc32(np.ascontiguousarray(image).reshape(-1))
+  """The CRC-32 of the bytes of `image` (uint8, any shape, C order), as zlib.crc32."""
+  return crc32(np.ascontiguousarray(image).reshape(-1))
 
 
 def _shard_name(k, count):

@@ -3,6 +3,7 @@ prepared from, deterministic, resumable, sharded per process, bad records named.
 
 import os
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -299,6 +300,13 @@ def test_features_data_reads_records_a_folder_or_a_tfds_name(pngs):
                          ('imagenet2012', ('imagenet2012', ''))):
     data_config_ = inference.data_config(config, data)
     assert (data_config_.dataset, data_config_.data_dir) == expected
+
+
+def test_checksum_is_zlibs_crc32():
+  """ISA-L's CRC-32 where installed (requirements.txt), else zlib's: the same values."""
+  image = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+  assert records.checksum(image) == zlib.crc32(image.tobytes())
+  assert records.checksum(image[:, ::-1]) == zlib.crc32(image[:, ::-1].tobytes())
 
 
 def _sum_of_words(record):
