@@ -180,8 +180,10 @@ def wait(manager):
 
 
 def latest_complete(manager):
-  """The latest step whose checkpoint is complete (not the save in flight), or None."""
-  steps = [s for s in manager.all_steps() if s != _PENDING.get(manager)]
+  """The latest step whose checkpoint is complete, or None: orbax renames a checkpoint's
+  temporary directory to <step> once its files are written, so a save in flight has none."""
+  steps = [s for s in manager.all_steps()
+           if os.path.isdir(os.path.join(str(manager.directory), str(s)))]
   return max(steps) if steps else None
 
 
