@@ -77,7 +77,7 @@ def run(fn, *args, **kwargs):
           flush=True)
     if getattr(e, 'skip_cleanup', False):  # An exit that must not wait (train.PeerLost).
       sys.stdout.flush()
-      os._exit(1)  # pylint: disable=protected-access
+      os._exit(1)
     sys.exit(1)
 
 

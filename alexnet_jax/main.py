@@ -35,7 +35,7 @@ def maybe_initialize_distributed(config, heartbeat_timeout=100):
   With config.distributed, jax.distributed.initialize() finds the cluster itself (SLURM,
   Open MPI, TPU pods); JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set
   it up anywhere else. heartbeat_timeout: seconds after which the coordinator declares a
-  silent process dead (README, "Several machines").
+  silent process dead (docs/training.md, "Several machines").
   """
   if config.distributed or 'JAX_COORDINATOR_ADDRESS' in os.environ:
     env = os.environ
