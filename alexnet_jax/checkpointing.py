@@ -149,8 +149,9 @@ def _release_orbax_waiters():
   warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
                           category=RuntimeWarning)
   # pylint: disable=protected-access
+  signaling = getattr(ocp_future, '_SignalingThread', None)  # Absent: nothing to release.
   for thread in threading.enumerate():
-    if isinstance(thread, ocp_future._SignalingThread) and thread.is_alive():
+    if signaling and isinstance(thread, signaling) and thread.is_alive():
       thread.cancel()
       try:
         ocp_future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
