@@ -26,20 +26,22 @@ the channel means.
 import os
 import pickle
 
-from absl import app
-from absl import flags
-import jax
-import jax.numpy as jnp
-import ml_collections
-from ml_collections import config_flags
-import numpy as np
-
-from alexnet_jax import caffe_proto
-from alexnet_jax import checkpointing
 from alexnet_jax import console
-from alexnet_jax import input_pipeline
-from alexnet_jax import models
-from alexnet_jax import train
+
+with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ loads.
+  from absl import app
+  from absl import flags
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from ml_collections import config_flags
+  import numpy as np
+
+  from alexnet_jax import caffe_proto
+  from alexnet_jax import checkpointing
+  from alexnet_jax import input_pipeline
+  from alexnet_jax import models
+  from alexnet_jax import train
 
 CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 DENSES = ('fc6', 'fc7', 'fc8')

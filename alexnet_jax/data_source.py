@@ -220,6 +220,11 @@ class Batches:
     self._next_index = 0
     self.skipped = list(skipped)
 
+  @property
+  def num_examples(self):
+    """Evaluation: this process's images, padding left out; None in training (endless)."""
+    return self._total
+
   def __iter__(self):
     return self
 

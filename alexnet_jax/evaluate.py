@@ -21,15 +21,16 @@ import json
 import os
 import re
 
-from absl import app
-from absl import flags
-import jax
-import numpy as np
-import tqdm
-
 from alexnet_jax import console
-from alexnet_jax import inference
-from alexnet_jax import input_pipeline
+
+with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ loads.
+  from absl import app
+  from absl import flags
+  import jax
+  import numpy as np
+
+  from alexnet_jax import inference
+  from alexnet_jax import input_pipeline
 
 _VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})')
 
@@ -73,7 +74,8 @@ def evaluate(workdir, data='', split='validation', views=1, batch_size=64, real=
       model, **inference.normalization(config, data_config))
   scores = jax.jit(inference.scores)
   top1 = top5 = loss = count = real_right = real_count = 0
-  for batch in tqdm.tqdm(batches, disable=not progress, desc='evaluate'):
+  shown = console.Progress(batches.num_examples, 'evaluate', unit='images', enabled=progress)
+  for batch in batches:
     keep = batch['mask']
     probs = probabilities(params, batch['image'])
     got = {k: np.asarray(v)[keep] for k, v in scores(probs, batch['label']).items()}
@@ -88,6 +90,8 @@ def evaluate(workdir, data='', split='validation', views=1, batch_size=64, real=
         if judged:
           real_right += int(guess in judged)
           real_count += 1
+    shown.update(int(keep.sum()))
+  shown.close()
   if not count:
     raise ValueError(f'No images in split {split!r}.')
   result = {'top1_error': 1.0 - top1 / count, 'top5_error': 1.0 - top5 / count,

@@ -10,17 +10,18 @@ batches, and saves {layer: float32 [n, ...], 'label': int32 [n], 'file_name': st
 (root/<split>/<class>/*) or a TFDS name; by default the run's own dataset.
 """
 
-from absl import app
-from absl import flags
-import jax
-import numpy as np
-import tqdm
-
 from alexnet_jax import console
-from alexnet_jax import data_source
-from alexnet_jax import inference
-from alexnet_jax import input_pipeline
-from alexnet_jax import models
+
+with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ loads.
+  from absl import app
+  from absl import flags
+  import jax
+  import numpy as np
+
+  from alexnet_jax import data_source
+  from alexnet_jax import inference
+  from alexnet_jax import input_pipeline
+  from alexnet_jax import models
 
 
 def extract(features_fn, params, batches, progress=True):
@@ -30,13 +31,16 @@ def extract(features_fn, params, batches, progress=True):
   Returns {layer: [n, ...], 'label': [n], 'file_name': [n]}, padding rows dropped.
   """
   out = {}
-  for batch in tqdm.tqdm(batches, disable=not progress, desc='features'):
+  shown = console.Progress(batches.num_examples, 'features', unit='images', enabled=progress)
+  for batch in batches:
     keep = batch['mask']
     feats = jax.device_get(features_fn(params, batch['image']))
     feats.update(label=batch['label'],
                  file_name=np.array([data_source.display_name(n) for n in batch['file_name']]))
     for k, v in feats.items():
       out.setdefault(k, []).append(np.asarray(v)[keep])
+    shown.update(int(keep.sum()))
+  shown.close()
   return {k: np.concatenate(v) for k, v in out.items()}
 
 

@@ -8,14 +8,16 @@ connected by JAX's distributed runtime (docs/training.md, "Several machines").
 
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
-
 from alexnet_jax import console
-from alexnet_jax import train
+
+with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ loads.
+  from absl import app
+  from absl import flags
+  from absl import logging
+  import jax
+  from ml_collections import config_flags
+
+  from alexnet_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',

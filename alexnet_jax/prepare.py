@@ -21,17 +21,19 @@ import os
 import shutil
 import tarfile
 
-from absl import app
-from absl import flags
-from absl import logging
-import ml_collections
-import numpy as np
-import tensorflow as tf
-import tqdm
+from alexnet_jax import console
 
-from alexnet_jax import input_pipeline
-from alexnet_jax import preprocessing
-from alexnet_jax import records
+with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ loads.
+  from absl import app
+  from absl import flags
+  from absl import logging
+  import ml_collections
+  import numpy as np
+  import tensorflow as tf
+
+  from alexnet_jax import input_pipeline
+  from alexnet_jax import preprocessing
+  from alexnet_jax import records
 
 COMMANDS = ('imagenet2012', 'resize', 'records', 'mean', 'split-folder', 'sample')
 FLAGS = flags.FLAGS
@@ -81,15 +83,16 @@ def resize(dataset, data_dir, out, splits, size=256, quality=95):
   classes = input_pipeline.class_names(data)
   for split in splits:
     total = input_pipeline.num_examples(data, split)
-    with tqdm.tqdm(total=total, desc=f'resize {split}') as progress:
-      for images, labels, names in _stored_images(data, split, size):
-        for image, label, name in zip(images, labels, names):
-          folder = os.path.join(out, split, classes[label])
-          os.makedirs(folder, exist_ok=True)
-          stem = os.path.splitext(os.path.basename(os.fsdecode(name)))[0]
-          tf.io.write_file(os.path.join(folder, stem + '.JPEG'),
-                           tf.io.encode_jpeg(image, quality=quality))
-        progress.update(len(images))
+    progress = console.Progress(total, f'resize {split}', unit='images')
+    for images, labels, names in _stored_images(data, split, size):
+      for image, label, name in zip(images, labels, names):
+        folder = os.path.join(out, split, classes[label])
+        os.makedirs(folder, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(os.fsdecode(name)))[0]
+        tf.io.write_file(os.path.join(folder, stem + '.JPEG'),
+                         tf.io.encode_jpeg(image, quality=quality))
+      progress.update(len(images))
+    progress.close()
 
 
 def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024,
@@ -108,18 +111,19 @@ def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024,
   for split in splits:
     total = input_pipeline.num_examples(data, split)
     under = os.fsencode(os.path.join(input_pipeline.source(data).directory(data), split, ''))
-    with tqdm.tqdm(total=total, desc=f'records {split}') as progress:
+    progress = console.Progress(total, f'records {split}', unit='images')
 
-      def batches():
-        for images, labels, names in _stored_images(data, split, size):
-          # A file under the split's folder is named relative to it: <class>/<file>.
-          names = [n[len(under):].replace(os.sep.encode(), b'/') if n.startswith(under)
-                   else n for n in names]
-          yield images, labels, names
-          progress.update(len(images))
+    def batches():
+      for images, labels, names in _stored_images(data, split, size):
+        # A file under the split's folder is named relative to it: <class>/<file>.
+        names = [n[len(under):].replace(os.sep.encode(), b'/') if n.startswith(under)
+                 else n for n in names]
+        yield images, labels, names
+        progress.update(len(images))
 
-      written[split] = records.write_split(out, split, batches(), total, shard_size,
-                                           resize_mode)
+    written[split] = records.write_split(out, split, batches(), total, shard_size,
+                                         resize_mode)
+    progress.close()
   return written
 
 
@@ -221,4 +225,5 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  console.define_flags(cpu_settings=False)
+  app.run(console.app_main(main))

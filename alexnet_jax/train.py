@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -29,10 +28,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
-import tqdm
 
 from alexnet_jax import checkpointing
 from alexnet_jax import checks
+from alexnet_jax import console
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
@@ -557,44 +556,6 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-class Progress:
-  """A progress bar on a terminal; elsewhere (a batch job's log) a log line every call of
-  `log` with step/total, epoch, loss, learning rate, images/s and the time left."""
-
-  def __init__(self, total, start, steps_per_epoch, enabled):
-    self._total, self._per_epoch = total, steps_per_epoch
-    self._bar = None
-    self._enabled = enabled
-    self._t0, self._n0 = time.perf_counter(), start
-    if enabled and sys.stderr.isatty():
-      self._bar = tqdm.tqdm(total=total, initial=start, dynamic_ncols=True, desc='train')
-
-  def update(self):
-    if self._bar is not None:
-      self._bar.update(1)
-
-  def log(self, step, loss, learning_rate, images_per_sec):
-    if self._bar is not None:
-      self._bar.set_postfix(loss=f'{loss:.3f}', img_s=f'{images_per_sec:.0f}')
-    elif self._enabled:
-      rate = (step - self._n0) / max(time.perf_counter() - self._t0, 1e-9)
-      left = (self._total - step) / max(rate, 1e-9)
-      logging.info('step %d/%d (epoch %.2f): loss %.4f, learning rate %.3g, %.0f images/s, '
-                   '%s left', step, self._total, step / self._per_epoch, loss,
-                   learning_rate, images_per_sec, _duration(left))
-
-  def close(self):
-    if self._bar is not None:
-      self._bar.close()
-
-
-def _duration(seconds):
-  seconds = int(seconds)
-  if seconds >= 3600:
-    return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min'
-  return f'{seconds // 60} min {seconds % 60:02d} s'
-
-
 def compile_steps(train_step, eval_step, state, config, mesh, local_batch, num_views):
   """Compiles the steps ahead of time, for the shapes the run will feed them.
 
@@ -683,7 +644,8 @@ def _train(config, workdir, mesh, num_train, preemption):
   train_step, eval_step = compile_steps(train_step, eval_step, state, config, mesh, first,
                                        config.data.eval_views)
   ocp.multihost.sync_global_processes('alexnet_jax: compiled', timeout=1800)
-  progress = Progress(total_steps, start_step, steps_per_epoch, enabled=is_main)
+  progress = console.Progress(total_steps, 'train', start=start_step, every=None,
+                              enabled=is_main)
   pending = None  # The previous step's metrics: read one step late, keeping the device busy.
   profile = profile_window(config.profile_steps, start_step, total_steps)
   tracing = False
@@ -765,7 +727,9 @@ def _train(config, workdir, mesh, num_train, preemption):
         scalars.update(images_per_sec=rate, skipped_steps=skipped,
                        skipped_images=len(batches.skipped))
         writer.write(step, scalars)
-        progress.log(step, scalars['loss'], scalars['learning_rate'], rate)
+        progress.log(f'step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): loss '
+                     f"{scalars['loss']:.4f}, learning rate {scalars['learning_rate']:.3g}, "
+                     f'{rate:.0f} images/s', loss=f"{scalars['loss']:.3f}", img_s=f'{rate:.0f}')
 
       eval_due = step % config.eval_every_steps == 0 or step == total_steps
       if preemption.reached() or (eval_due and not run_eval(step)):

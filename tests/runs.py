@@ -7,6 +7,7 @@ cost) and a few steps.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -20,6 +21,21 @@ from tests.conftest import REPO
 TINY = ['--config.data.image_size=67', '--config.data.resize_size=76',
         '--config.batch_size=8', '--config.eval_batch_size=40', '--config.log_every_steps=2',
         '--config.data.eval_views=1']
+
+
+# What TensorFlow's and absl's C++ print as TensorFlow loads, on CPUs where oneDNN is on by
+# default (TF_ENABLE_ONEDNN_OPTS=1 turns it on anywhere, so a test sees these lines).
+STARTUP_NOISE = ('oneDNN custom operations are on', 'All log messages before absl::InitializeLog',
+                 'cpu_feature_guard')
+WITH_STARTUP_NOISE = {'TF_ENABLE_ONEDNN_OPTS': '1'}
+
+
+def assert_no_startup_noise(output):
+  """None of the libraries' start-up lines in `output`, which starts with our own line."""
+  assert not [n for n in STARTUP_NOISE if n in output], output[:2000]
+  first = output.lstrip().splitlines()[0]
+  assert (re.match(r'[IWE]\d{4} [\d:.]+ +\d+ (\w+)\.py:\d+\] ', first)
+          or first.startswith('ERROR: ')), first
 
 
 def main_command(workdir, *overrides, steps=6):

@@ -36,6 +36,7 @@ from alexnet_jax import train
 from configs import alexnet
 from configs import sample
 from tests import caffe_alexnet
+from tests import runs
 from tests.conftest import REPO
 from tests.runs import environment
 
@@ -421,18 +422,26 @@ def test_main_resumes_from_a_written_workdir(small_workdir):
       np.testing.assert_array_equal(np.asarray(state.params[layer][k]), params[layer][k])
 
 
-def test_evaluate_cli_writes_json(small_workdir, tmp_path):
+def test_evaluate_cli_writes_json_and_logs_its_progress(small_workdir, tmp_path):
+  """Without a terminal (pipes, as in a batch job): progress as lines with images/total and
+  the time left, no carriage returns; the first line is its own, none of TensorFlow's
+  start-up lines (made to happen: runs.WITH_STARTUP_NOISE)."""
   out, _, _ = small_workdir
   result_file = tmp_path / 'result.json'
   result = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={out}', '--split=validation',
        f'--out={result_file}'],
-      cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+      cwd=REPO, env=environment(**runs.WITH_STARTUP_NOISE), capture_output=True, text=True,
+      timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   got = json.loads(result_file.read_text())
   assert json.loads(result.stdout) == got
   assert (got['count'], got['views'], got['workdir']) == (200, 1, str(out))
   assert 0.0 <= got['top5_error'] <= got['top1_error'] <= 1.0 and got['loss'] > 0
+  assert '\r' not in result.stderr + result.stdout
+  shown = re.findall(r'evaluate: (\d+)/200 images, \d+ min \d\d s left$', result.stderr, re.M)
+  assert shown[0] == '64' and shown[-1] == '200', result.stderr  # Batches of 64.
+  runs.assert_no_startup_noise(result.stderr)
 
 
 def test_predict_names_a_runs_own_classes(small_workdir):
@@ -544,6 +553,39 @@ def test_predict_cli_prints_the_top5_by_name(staged, workdir):
       prob, wnid, readable = re.match(r'  (\d\.\d{4})  (n\d{8})  (.+)$', line).groups()
       assert (wnid, readable) == (wnids[i], names[i])
       assert float(prob) == pytest.approx(p[i], abs=1e-4)
+
+
+def test_predict_cli_ranks_the_good_images_and_names_each_bad_file(small_workdir, tmp_path):
+  """Two photographs among a text file, an empty file and a truncated JPEG: both ranked as
+  predict ranks them alone, one ERROR line for each bad file (its path, what is wrong, what
+  to do), exit 1; the first line is its own (runs.WITH_STARTUP_NOISE)."""
+  out, _, _ = small_workdir
+  folder = os.path.join(sample.SAMPLE_DIR, 'validation', 'n01440764')
+  good = [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:2]]
+  (tmp_path / 'notes.txt').write_text('not an image\n')
+  (tmp_path / 'empty.JPEG').write_bytes(b'')
+  whole = open(good[0], 'rb').read()
+  (tmp_path / 'cut.JPEG').write_bytes(whole[:len(whole) // 2])
+  bad = {str(tmp_path / 'notes.txt'): 'not an image', str(tmp_path / 'empty.JPEG'): 'empty file',
+         str(tmp_path / 'cut.JPEG'): 'a truncated or damaged JPEG'}
+  paths = [good[0], *list(bad)[:2], good[1], list(bad)[2]]
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.predict', f'--workdir={out}', '--top=3', *paths],
+      cwd=REPO, env=environment(**runs.WITH_STARTUP_NOISE), capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('ERROR: ')]
+  assert len(errors) == 4, result.stderr
+  for line, (path, what) in zip(errors, bad.items()):
+    assert line.startswith(f'ERROR: {path}: {what}') and '; ' in line, line
+  assert errors[3] == 'ERROR: 3 of 5 files could not be used (above); the other 2 are ranked above.'
+  runs.assert_no_startup_noise(result.stderr)
+  lines = result.stdout.splitlines()
+  assert len(lines) == 8 and (lines[0], lines[4]) == tuple(good), result.stdout
+  for block, ranked in zip((lines[1:4], lines[5:8]), predict.predict(str(out), good, top=3)):
+    for line, (prob, name, readable) in zip(block, ranked):
+      shown, rest = line.strip().split('  ', 1)
+      assert (float(shown), rest) == (pytest.approx(prob, abs=1e-4), f'{name}  {readable}')
 
 
 def test_imagenet_class_names_are_in_wordnet_id_order():

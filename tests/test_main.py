@@ -19,6 +19,7 @@ import pytest
 from alexnet_jax import checkpointing
 from alexnet_jax import train
 from configs import sample
+from tests import runs
 from tests.conftest import REPO
 from tests.runs import assert_trees_equal
 from tests.runs import environment
@@ -56,13 +57,22 @@ def test_a_run_without_a_terminal_logs_progress_and_not_the_libraries(uninterrup
   assert 'step 6: eval (1 view(s), 200 examples) top-1 error' in log
   assert 'CPU settings applied: eigen_convolutions, synchronous_dispatch, keep_freed_memory' in log
   records = re.findall(r'^[IWE]\d{4} [\d:.]+ +\d+ (\w+)\.py:\d+\]', log, re.M)  # Python's.
-  assert set(records) <= {'cpu_settings', 'main', 'train', 'checkpointing'}, records
+  assert set(records) <= {'cpu_settings', 'console', 'main', 'train', 'checkpointing'}, records
   assert len(records) < 20
 
 
+def test_the_libraries_start_up_lines_are_not_shown(tmp_path):
+  """TensorFlow's C++ prints its oneDNN notice and absl's as it loads (made to happen here:
+  runs.WITH_STARTUP_NOISE); the run's first lines are its own."""
+  result = run_main(tmp_path, steps=2, **runs.WITH_STARTUP_NOISE)
+  runs.assert_no_startup_noise(result.stderr)
+  assert 'step 2: eval (1 view(s), 200 examples)' in result.stderr
+
+
 def test_library_logs_flag_shows_the_libraries(tmp_path):
-  result = run_main(tmp_path, '--library_logs', steps=2)
+  result = run_main(tmp_path, '--library_logs', steps=2, **runs.WITH_STARTUP_NOISE)
   assert 'checkpoint_manager.py' in result.stderr  # orbax's INFO lines.
+  assert 'oneDNN custom operations are on' in result.stderr  # TensorFlow's start-up lines.
 
 
 def test_model2_checkpoint_restores_on_model1_and_back(tmp_path):
