@@ -1,14 +1,17 @@
 """The experiment notebooks run headlessly, end to end, at a tiny budget.
 
-Each notebook is executed by a Jupyter kernel (nbclient) with its "parameters" cell
-replaced, as papermill would; its last cell prints its machine-readable results, which the
-tests parse. 67 x 67 crops of 76 x 76 images and a few steps: the network's structure at a
-fraction of the cost.
+Each notebook is executed by a Jupyter kernel (nbclient) with the test's parameters after
+its "parameters" cell, as papermill would inject them; its last cell prints its
+machine-readable results, which the tests parse. 67 x 67 crops of 76 x 76 images and a few
+steps: the network's structure at a fraction of the cost.
 """
 
 import json
 import math
 import os
+import pathlib
+import re
+import shutil
 import subprocess
 
 from nbclient import NotebookClient
@@ -23,20 +26,32 @@ from experiments import reproduction
 from tests.conftest import REPO
 
 
-def execute(name, parameters):
-  """Runs experiments/<name> with its parameters cell set to `parameters`; the notebook."""
-  nb = nbformat.read(REPO / 'experiments' / name, as_version=4)
-  # The committed outputs' own parameters (a cell tagged "injected-parameters") go too.
-  nb.cells = [c for c in nb.cells if 'injected-parameters' not in c.metadata.get('tags', [])]
+def execute(name, parameters, root=REPO):
+  """Runs <root>/experiments/<name> as committed, its "parameters" cell followed by
+  `parameters` (as papermill would inject them; the committed "injected-parameters" cell,
+  if any, still runs after them); the notebook."""
+  nb = nbformat.read(root / 'experiments' / name, as_version=4)
   cells = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
   assert len(cells) == 1, 'exactly one cell tagged "parameters"'
-  cells[0].source = parameters
-  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2',
+  cells[0].source += '\n' + parameters
+  env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL='2',
              XLA_FLAGS='--xla_force_host_platform_device_count=1')
   client = NotebookClient(nb, kernel_name='python3', timeout=600,
-                          resources={'metadata': {'path': str(REPO)}})
+                          resources={'metadata': {'path': str(root)}})
   client.execute(env=env)
   return nb
+
+
+def fresh_copy(dest):
+  """The repository's files as a fresh clone has them (no caches, runs or virtualenv)."""
+  def ignore(folder, names):
+    top = pathlib.Path(folder) == REPO
+    return [n for n in names
+            if n in ('.git', '.venv', '__pycache__', '.pytest_cache', '.ipynb_checkpoints')
+            or n.endswith(('.pyc', '.egg-info'))
+            or (top and (n == 'tmp' or n.startswith('workdir')))]
+  shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
+  return dest
 
 
 def printed(nb, prefix):
@@ -94,10 +109,24 @@ def test_the_committed_claims_notebook_shows_the_committed_result():
   assert claims.format_table(committed['claims']).splitlines()[0].startswith('| claim |')
 
 
-def test_features_notebook(tmp_path):
+def test_features_notebook_runs_as_committed_on_a_fresh_copy(tmp_path):
+  """Every committed cell, the injected one (the run the outputs are of, not on this
+  machine) included, on a copy of the repository's files; only the budget is made tiny.
+  With WORKDIR at its default, it trains a short run on the sample in a temporary folder,
+  names the run its committed outputs are of, and deletes the folder."""
+  root = fresh_copy(tmp_path / 'repo')
   nb = execute('features.ipynb', '\n'.join([
-      f'WORKDIR = {str(tmp_path)!r}', "DATA = ''", 'STEPS = 4', 'IMAGE_SIZE = 67',
-      'RESIZE_SIZE = 76',      'NUM_QUERIES = 3', 'NEIGHBOURS = 5']))
+      'STEPS = 4', 'IMAGE_SIZE = 67', 'RESIZE_SIZE = 76', 'NUM_QUERIES = 3']), root=root)
+  injected = [c for c in nb.cells if 'injected-parameters' in c.metadata.get('tags', [])]
+  assert len(injected) == 1 and 'EXECUTED_WORKDIR' in injected[0].source
+  text = '\n'.join(o.get('text', '') for c in nb.cells for o in c.get('outputs', []))
+  trained = re.search(r'^(\S+): 2 column\(s\), 67 px, 10 classes, data (\S+)$', text, re.M)
+  assert trained, text[:2000]
+  assert os.path.basename(trained[1]).startswith('features_')
+  assert trained[2] == str(root / 'data' / 'sample')
+  assert not os.path.exists(trained[1])  # The temporary run, deleted at the end.
+  assert ('The outputs committed with this notebook are of /tmp/runs/bvlc_long; these are '
+          'of the run above.') in text
   result = printed(nb, 'FEATURES_JSON=')
   for k in ('PROBE_ACCURACY', 'NETWORK_ACCURACY', 'NN_SAME_CLASS'):
     assert math.isfinite(result[k]) and 0 <= result[k] <= 1, result
@@ -109,8 +138,6 @@ def test_features_notebook(tmp_path):
     assert colour[f'column {c} at init'] == pytest.approx(2 / 3, abs=0.03)
     assert 0 <= colour[f'column {c}'] <= 1
   assert len(images(nb)) >= 2  # The neighbour grid and the filters.
-  # It trained the short run into WORKDIR, through train_and_evaluate.
-  assert checkpointing.saved_config(str(tmp_path)).num_train_steps == 4
 
 
 def test_features_notebook_refuses_a_workdir_without_checkpoints(tmp_path):
