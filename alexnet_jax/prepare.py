@@ -63,15 +63,19 @@ def _data_config(dataset, data_dir):
       resize_size=256, deterministic=True, cache=False, shuffle_buffer=1))
 
 
-def _stored_images(data, split, size, batch=64):
-  """(images uint8 [b, size, size, 3], labels, file names) of a split, bad files skipped."""
+def _stored_images(data, split, size, job, batch=64):
+  """(images uint8 [b, size, size, 3], labels, file names) of a split, bad files skipped;
+  the progress of `job` (its name) over them, as each batch is done."""
   data.resize_size = size
   batches = input_pipeline.create_split(
       data, split, global_batch_size=batch, train=False, image_size=size,
       shard=(0, 1), with_file_names=True)
+  progress = console.Progress(batches.num_examples, f'{job} {split}', unit='images')
   for b in batches:
     keep = b['mask']
     yield b['image'][keep], b['label'][keep], b['file_name'][keep]
+    progress.update(int(keep.sum()))
+  progress.close()
   if batches.skipped:
     logging.warning('%d image(s) of %s did not decode and were left out: %s',
                     len(batches.skipped), split, batches.skipped[:10])
@@ -82,17 +86,13 @@ def resize(dataset, data_dir, out, splits, size=256, quality=95):
   data = _data_config(dataset, data_dir)
   classes = input_pipeline.class_names(data)
   for split in splits:
-    total = input_pipeline.num_examples(data, split)
-    progress = console.Progress(total, f'resize {split}', unit='images')
-    for images, labels, names in _stored_images(data, split, size):
+    for images, labels, names in _stored_images(data, split, size, 'resize'):
       for image, label, name in zip(images, labels, names):
         folder = os.path.join(out, split, classes[label])
         os.makedirs(folder, exist_ok=True)
         stem = os.path.splitext(os.path.basename(os.fsdecode(name)))[0]
         tf.io.write_file(os.path.join(folder, stem + '.JPEG'),
                          tf.io.encode_jpeg(image, quality=quality))
-      progress.update(len(images))
-    progress.close()
 
 
 def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024,
@@ -111,19 +111,16 @@ def write_records(dataset, data_dir, out, splits, size=256, shard_size=1024,
   for split in splits:
     total = input_pipeline.num_examples(data, split)
     under = os.fsencode(os.path.join(input_pipeline.source(data).directory(data), split, ''))
-    progress = console.Progress(total, f'records {split}', unit='images')
 
     def batches():
-      for images, labels, names in _stored_images(data, split, size):
+      for images, labels, names in _stored_images(data, split, size, 'records'):
         # A file under the split's folder is named relative to it: <class>/<file>.
         names = [n[len(under):].replace(os.sep.encode(), b'/') if n.startswith(under)
                  else n for n in names]
         yield images, labels, names
-        progress.update(len(images))
 
     written[split] = records.write_split(out, split, batches(), total, shard_size,
                                          resize_mode)
-    progress.close()
   return written
 
 
@@ -134,7 +131,7 @@ def compute_mean(dataset, data_dir, split='train', size=256):
   if stored:  # At the size and resize mode the images are stored with.
     size, data.resize_mode = stored
   mean_image = preprocessing.mean_image(
-      images for images, _, _ in _stored_images(data, split, size))
+      images for images, _, _ in _stored_images(data, split, size, 'mean'))
   path = input_pipeline.mean_image_path(data)
   np.save(path, mean_image)
   return path, mean_image
