@@ -43,6 +43,9 @@ METRICS = ('top1_error', 'top5_error', 'overfit_gap', 'steps_ratio', 'views_gain
 # 25%), or the lowest level both runs of a pair reach where one never gets there.
 STEPS_LEVEL = 0.5
 VERDICTS = ('reproduced', 'reversed', 'no effect here', 'not resolved')
+# The reproduction's committed seed 0 (docs/experiments.md).
+SEED0 = os.path.join(reproduction.REPO, 'experiments', 'results',
+                     'imagenette_bvlc_biases_30ep.json')
 
 
 def load_config(path):
@@ -328,7 +331,7 @@ def reproduction_summary(runs, seed0_path=None):
           'per_seed': {str(s): 100 * e for s, e in sorted(errors.items())}}
 
 
-def report(claims, runs, reproduction_runs, overrides, seed0_path=None):
+def report(claims, runs, reproduction_runs, overrides, seed0_path=SEED0):
   """The JSON-ready result: the table, the reproduction, and every run."""
   every = [r for rs in runs.values() for r in rs] + list(reproduction_runs)
   return {
@@ -343,7 +346,7 @@ def report(claims, runs, reproduction_runs, overrides, seed0_path=None):
       'reproduction': reproduction_summary(reproduction_runs, seed0_path),
       'devices': sorted({json.dumps(r['device'], sort_keys=True) for r in every}),
       'commits': sorted({r['commit'] for r in every}),
-      'cpu_seconds': sum(r['seconds'] for r in every),
+      'wall_seconds': sum(r['seconds'] for r in every),
       'runs': runs,
       'reproduction_runs': list(reproduction_runs),
   }
@@ -372,8 +375,6 @@ def run_table(data_dir, workdir, out, overrides=None, claims=None, with_reproduc
   repro = module.REPRODUCTION
   overrides = dict(overrides or {})
   runs, repro_runs = earlier_results(out, overrides)
-  seed0 = os.path.join(reproduction.REPO, 'experiments', 'results',
-                       'imagenette_bvlc_biases_30ep.json')
   result = None
   for _ in range(max_runs if max_runs is not None else 10 ** 6):
     todo = next_run(claims, runs, repro["seeds"] if with_reproduction else (), repro_runs)
@@ -394,14 +395,14 @@ def run_table(data_dir, workdir, out, overrides=None, claims=None, with_reproduc
       break
     rec['presets'] = presets
     (runs.setdefault(presets, []) if kind == 'claims' else repro_runs).append(rec)
-    result = report(claims, runs, repro_runs, overrides, seed0)
+    result = report(claims, runs, repro_runs, overrides)
     if out:
       os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
       with open(out + '.tmp', 'w') as fh:
         json.dump(result, fh, indent=1)
       os.replace(out + '.tmp', out)
     log(f'{kind} {presets or "paper"} (seed {seed}): top-1 {rec["top1_error"]:.4f}')
-  return result or report(claims, runs, repro_runs, overrides, seed0)
+  return result or report(claims, runs, repro_runs, overrides)
 
 
 def main(argv):
