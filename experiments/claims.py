@@ -64,7 +64,12 @@ def arms(claim):
   v, f = claim.get('variant'), claim.get('factor')
   if v is None:
     return ['']
-  return ['', v, f, f'{v},{f}'] if f else ['', v]
+  return ['', v, f, both(v, f)] if f else ['', v]
+
+
+def both(*presets):
+  """The presets of a 2 x 2 design's fourth cell, in one order whichever claim asks."""
+  return ','.join(sorted(presets))
 
 
 def run_config(base, presets, seed, overrides=None):
@@ -140,10 +145,13 @@ def steps_ratio(paper_run, variant_run, level=STEPS_LEVEL):
 
 
 def value(metric, run):
-  """A run's value of `metric` in points (errors, gaps)."""
+  """A run's value of `metric` in points (errors, gaps); None where the run lacks it (a
+  run recorded before the metric was)."""
+  need = {'overfit_gap': ('centre_top1_error', 'train_top1_error'),
+          'views_gain': ('top1_error', 'centre_top1_error')}.get(metric, (metric,))
+  if any(k not in run for k in need):
+    return None
   if metric == 'overfit_gap':  # Held-out minus training error, both the centre crop.
-    if 'train_top1_error' not in run:
-      return None
     return 100 * (run['centre_top1_error'] - run['train_top1_error'])
   if metric == 'views_gain':
     return 100 * (run['top1_error'] - run['centre_top1_error'])
@@ -154,6 +162,8 @@ def contrast(metric, paper_run, variant_run):
   """One seed's effect: the paper's network minus the variant in points, or for
   steps_ratio the log of the steps ratio."""
   if metric == 'steps_ratio':
+    if 'train_error_by_step' not in paper_run or 'train_error_by_step' not in variant_run:
+      return None
     return math.log(steps_ratio(paper_run, variant_run))
   a, b = value(metric, paper_run), value(metric, variant_run)
   return None if a is None or b is None else a - b
@@ -171,7 +181,7 @@ def per_seed(claim, metric, runs):
       continue
     pairs = [('', claim['variant'])]
     if claim.get('factor'):
-      pairs.append((claim['factor'], f'{claim["variant"]},{claim["factor"]}'))
+      pairs.append((claim['factor'], both(claim['variant'], claim['factor'])))
     d = [contrast(metric, by_arm[a][s], by_arm[b][s]) for a, b in pairs]
     if any(x is None for x in d):
       continue

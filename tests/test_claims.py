@@ -193,6 +193,9 @@ def test_each_run_is_one_command_of_main():
     for presets in claims.arms(c):
       for p in filter(None, presets.split(',')):
         assert p in alexnet.PRESETS, (c['claim'], p)
+  # The 2 x 2 claims share their four runs: one presets string for the fourth cell.
+  lrn, pool = (c for c in ablation.CLAIMS if c.get('factor'))
+  assert sorted(claims.arms(lrn)) == sorted(claims.arms(pool))
   crop = ablation.get_config('no_crop_flip').data
   assert (crop.image_size, crop.resize_size, crop.flip) == (112, 112, False)
 
