@@ -8,11 +8,10 @@ ValueError (FileNotFoundError for missing data) that names the field and the fix
 library's functions assume a validated config and do not check again.
 """
 
-from alexnet_jax import data_source
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
-from alexnet_jax import preprocessing
+from alexnet_jax import pixels
 from alexnet_jax import synthetic
 
 PRECISIONS = ('highest', 'default')  # config.precision: train.with_precision.
@@ -28,6 +27,8 @@ def _get(config, field):
 def _rules(config):
   """(field, ok, requirement) for every field with a constraint of its own."""
   m, d = config.model, config.data
+  # What data_dir must name; synthetic data has none (and loads no data source, nor TF).
+  data_dir = '' if d.dataset == synthetic.DATASET else input_pipeline.source(d).data_dir
   return [
       ('model.num_classes', m.num_classes >= 2, 'must be >= 2'),
       ('model.columns', m.columns in (1, 2), 'must be 1 or 2'),
@@ -59,9 +60,8 @@ def _rules(config):
        f"must be one of {PRECISIONS} ('highest': float32 as float32, the paper's)"),
       ('data.dataset', bool(d.dataset), 'must name a TFDS dataset or be one of '
        f'{tuple(input_pipeline.SOURCES) + (synthetic.DATASET,)}'),
-      ('data.data_dir', bool(d.data_dir) or d.dataset == synthetic.DATASET
-       or not input_pipeline.source(d).data_dir,
-       f'must name {input_pipeline.source(d).data_dir} when dataset={d.dataset!r}'),
+      ('data.data_dir', bool(d.data_dir) or not data_dir,
+       f'must name {data_dir} when dataset={d.dataset!r}'),
       ('data.resize_size', d.resize_size >= 1, 'must be >= 1 (the paper: 256)'),
       ('data.image_size', 0 < d.image_size <= d.resize_size,
        'must be positive and at most data.resize_size'),
@@ -69,10 +69,10 @@ def _rules(config):
       ('data.on_bad_image', d.on_bad_image in ('error', 'skip'), "must be 'error' or 'skip'"),
       ('data.mean', d.mean in ('channel', 'image') or d.mean.endswith('.npy'),
        "must be 'channel', 'image' or a .npy file holding a [h, w, 3] RGB mean image"),
-      ('data.channel_order', d.channel_order in preprocessing.CHANNEL_ORDERS,
-       f'must be one of {preprocessing.CHANNEL_ORDERS}'),
-      ('data.resize_mode', d.resize_mode in data_source.RESIZE_MODES,
-       f'must be one of {data_source.RESIZE_MODES}'),
+      ('data.channel_order', d.channel_order in pixels.CHANNEL_ORDERS,
+       f'must be one of {pixels.CHANNEL_ORDERS}'),
+      ('data.resize_mode', d.resize_mode in pixels.RESIZE_MODES,
+       f'must be one of {pixels.RESIZE_MODES}'),
       ('data.std', d.std > 0, 'must be positive'),
       ('data.pca_lighting_std', d.pca_lighting_std >= 0, 'must be >= 0'),
       ('data.shuffle_buffer', d.shuffle_buffer >= 1, 'must be >= 1'),

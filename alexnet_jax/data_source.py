@@ -96,9 +96,6 @@ def global_order(n, *, train, seed, rows, start_step, batch):
 # with 'path'), 'path', 'label', 'file_name', 'position' (int64, the augmentation's seed;
 # -1 = padding)}.
 
-RESIZE_MODES = ('shorter', 'warp')
-
-
 def resize_mode(data):
   return data.get('resize_mode', 'shorter')  # Absent from configs saved before it existed.
 

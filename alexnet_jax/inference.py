@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from alexnet_jax import checkpointing
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
-from alexnet_jax import preprocessing
+from alexnet_jax import pixels
 
 
 def load(workdir, step=None, device=None):
@@ -55,7 +55,7 @@ def data_config(config, data=''):
 
 def normalization(config, data=None):
   """{'mean', 'std', 'channel_order'}: how the checkpoint's network reads its images
-  (preprocessing.normalize), the mean from `data` (a data_config; default config.data).
+  (pixels.normalize), the mean from `data` (a data_config; default config.data).
   Configs saved before channel_order existed read 'rgb'."""
   data = config.data if data is None else data
   return {'mean': jnp.asarray(input_pipeline.mean(data, config.data.image_size)),
@@ -66,8 +66,8 @@ def view_probabilities(model, params, images, mean, std=1.0, channel_order='rgb'
   """Softmax outputs float32 [*lead, classes] of uint8 images [*lead, s, s, 3], e.g.
   [b, s, s, 3] or [b, views, s, s, 3]: normalised, then the network (train=False)."""
   lead = images.shape[:-3]
-  x = preprocessing.normalize(images.reshape((-1,) + images.shape[-3:]), None, mean,
-                              std=std, channel_order=channel_order)
+  x = pixels.normalize(images.reshape((-1,) + images.shape[-3:]), None, mean,
+                       std=std, channel_order=channel_order)
   logits = model.apply({'params': params}, x, train=False)
   return jax.nn.softmax(logits).reshape(lead + logits.shape[-1:])
 
@@ -104,7 +104,7 @@ def make_features_fn(model, layers, mean, std=1.0, channel_order='rgb'):
 
   @jax.jit
   def features(params, images):
-    x = preprocessing.normalize(images, None, mean, std=std, channel_order=channel_order)
+    x = pixels.normalize(images, None, mean, std=std, channel_order=channel_order)
     feats = model.apply({'params': params}, x, train=False, return_features=True)
     return {k: feats[k].astype(jnp.float32) for k in layers}
 

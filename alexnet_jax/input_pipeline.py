@@ -8,7 +8,7 @@ Each format is a module that builds one data_source.Source, named in SOURCES:
 
 Batches are dicts of NumPy arrays. Training: {'image': uint8 [b, s, s, 3] (random crop and
 flip of the 256 x 256 image), 'lighting': float32 [b, 3] (PCA lighting offsets, added on
-the device by preprocessing.normalize), 'label': int32 [b]}. Evaluation: {'image': uint8
+the device by pixels.normalize), 'label': int32 [b]}. Evaluation: {'image': uint8
 [b, s, s, 3] (centre) or [b, views, s, s, 3] (the paper's ten views), 'label', 'mask':
 bool [b]}; the last batch is padded with mask False, so every example counts exactly once.
 b is this process's share of the global batch.
@@ -26,22 +26,23 @@ RGB (preprocessing.decode_rgb). A record that cannot be read or fails its checks
 bad image too (dropped in training, masked in evaluation).
 """
 
+import importlib
 import os
 
 import jax
 import numpy as np
 
-from alexnet_jax import folder_source
-from alexnet_jax import preprocessing
-from alexnet_jax import records_source
-from alexnet_jax import tfds_source
+from alexnet_jax import pixels
 
-# config.data.dataset -> its format; any other name is a TFDS dataset. A directory is read
-# by the first format that holds it (features --data): 'folder' holds any, so it is last.
+# config.data.dataset -> the module of its format; any other name is a TFDS dataset
+# (TFDS_SOURCE). A directory is read by the first format that holds it (features --data):
+# 'folder' holds any, so it is last. A format's module (and TensorFlow with it) is imported
+# when the format is first used, so synthetic data and the step run without TensorFlow.
 SOURCES = {
-    'records': records_source.SOURCE,
-    'folder': folder_source.SOURCE,
+    'records': 'alexnet_jax.records_source',
+    'folder': 'alexnet_jax.folder_source',
 }
+TFDS_SOURCE = 'alexnet_jax.tfds_source'
 
 MEAN_IMAGE_FILE = 'mean_image.npy'
 # ILSVRC-2012's 1000 classes in label order (sorted WordNet ids, as TFDS imagenet2012 and
@@ -50,16 +51,20 @@ IMAGENET_CLASSES_FILE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'imagenet_classes.txt')
 
 
+def _source(module):
+  return importlib.import_module(module).SOURCE
+
+
 def source(data):
   """The data_source.Source that reads config.data."""
-  return SOURCES.get(data.dataset, tfds_source.SOURCE)
+  return _source(SOURCES.get(data.dataset, TFDS_SOURCE))
 
 
 def dataset_at(path):
   """config.data.dataset for a directory (the first format that holds it), or `path`
   itself where it is not a directory (a TFDS name)."""
   if os.path.isdir(path):
-    return next(name for name, s in SOURCES.items() if s.holds(path))
+    return next(name for name, module in SOURCES.items() if _source(module).holds(path))
   return path
 
 
@@ -103,7 +108,7 @@ def mean(data, image_size):
   """What normalize subtracts, RGB: float32 [3] per-channel (config.data.channel_mean),
   or [s, s, 3], the centre of a mean image ('image': `prepare mean`'s; or a .npy file)."""
   if data.mean == 'channel':
-    return np.asarray(data.get('channel_mean', preprocessing.CHANNEL_MEAN), np.float32)
+    return np.asarray(data.get('channel_mean', pixels.CHANNEL_MEAN), np.float32)
   if data.mean == 'image':
     path = mean_image_path(data)
     if not os.path.exists(path):
@@ -119,7 +124,7 @@ def mean(data, image_size):
   image = np.load(path).astype(np.float32)
   if image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f'The mean image {path} has shape {image.shape}; expected [h, w, 3].')
-  return preprocessing.mean_for_crop(image, image_size)
+  return pixels.mean_for_crop(image, image_size)
 
 
 def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,

@@ -32,6 +32,7 @@ with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ l
   import tensorflow as tf
 
   from alexnet_jax import input_pipeline
+  from alexnet_jax import pixels
   from alexnet_jax import preprocessing
   from alexnet_jax import records
 
@@ -130,7 +131,7 @@ def compute_mean(dataset, data_dir, split='train', size=256):
   stored = input_pipeline.source(data).stored_size(data, split)
   if stored:  # At the size and resize mode the images are stored with.
     size, data.resize_mode = stored
-  mean_image = preprocessing.mean_image(
+  mean_image = pixels.mean_image(
       images for images, _, _ in _stored_images(data, split, size, 'mean'))
   path = input_pipeline.mean_image_path(data)
   np.save(path, mean_image)

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import data_source
+from alexnet_jax import pixels
 from alexnet_jax import preprocessing
 from alexnet_jax import records
 from alexnet_jax import stateless_random
@@ -83,8 +84,8 @@ def train_augmentation(seed, positions, stored_size, image_size, data):
     # preprocessing.pca_lighting as tf.data runs it: grappler folds std * PCA_STDDEVS into
     # one constant, and the 3 x 3 product sums in order (tests check it is bit-exact).
     scaled = stateless_random.normal(None, 3, bits=bits[2 * n:]) * (
-        np.float32(data.pca_lighting_std) * np.asarray(preprocessing.PCA_STDDEVS, np.float32))
-    vecs = np.asarray(preprocessing.PCA_EIGVECS, np.float32)
+        np.float32(data.pca_lighting_std) * np.asarray(pixels.PCA_STDDEVS, np.float32))
+    vecs = np.asarray(pixels.PCA_EIGVECS, np.float32)
     lighting = ((vecs[:, 0] * scaled[:, :1] + vecs[:, 1] * scaled[:, 1:2])
                 + vecs[:, 2] * scaled[:, 2:])
   else:

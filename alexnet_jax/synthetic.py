@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from alexnet_jax import preprocessing
+from alexnet_jax import pixels
 
 DATASET = 'synthetic'
 
@@ -73,8 +73,8 @@ def create_split(config, mesh, split, *, global_batch_size, train, seed=0, image
                                          jnp.int32)}
     if train:  # preprocessing.pca_lighting's offsets: eigvecs @ (alpha * stddevs).
       alpha = config.data.pca_lighting_std * jax.random.normal(k_lighting, (b, 3))
-      eigvecs = jnp.asarray(preprocessing.PCA_EIGVECS, jnp.float32)
-      weights = alpha * jnp.asarray(preprocessing.PCA_STDDEVS, jnp.float32)  # [b, 3]
+      eigvecs = jnp.asarray(pixels.PCA_EIGVECS, jnp.float32)
+      weights = alpha * jnp.asarray(pixels.PCA_STDDEVS, jnp.float32)  # [b, 3]
       batch['lighting'] = (weights[:, None, :] * eigvecs[None]).sum(-1)
     return batch
 

@@ -27,7 +27,9 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.scalar import summary_v2 as tensorboard_scalar
+from tensorboard.summary.writer import event_file_writer
 
 from alexnet_jax import checkpointing
 from alexnet_jax import checks
@@ -36,7 +38,7 @@ from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer
-from alexnet_jax import preprocessing
+from alexnet_jax import pixels
 from alexnet_jax import synthetic
 
 AXES = ('data', 'model')
@@ -265,9 +267,9 @@ def make_train_step(config, model, mesh, state, mean):
   dropout_key = jax.random.key(config.seed + 1)
 
   def step(state, batch):
-    images = preprocessing.normalize(batch['image'], batch['lighting'], mean,
-                                     std=config.data.std,
-                                     channel_order=config.data.channel_order)
+    images = pixels.normalize(batch['image'], batch['lighting'], mean,
+                              std=config.data.std,
+                              channel_order=config.data.channel_order)
     rng = jax.random.fold_in(dropout_key, state.step)
 
     def loss_fn(params):
@@ -315,7 +317,7 @@ def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb',
   """The jitted evaluation step: (params, batch) -> summed counts over the batch.
 
   batch: {'image': uint8 [b, s, s, 3] or [b, views, s, s, 3], 'label': int32 [b],
-  'mask': bool [b]}, normalised as preprocessing.normalize (mean, std, channel_order).
+  'mask': bool [b]}, normalised as pixels.normalize (mean, std, channel_order).
   precision: of its convolutions and matrix products (with_precision).
   With views, the softmax outputs are averaged (Section 4.1).
   Returns {'top1_correct', 'top5_correct', 'loss', 'count'} summed over unmasked examples,
@@ -331,7 +333,7 @@ def make_eval_step(model, mesh, params, mean, std=1.0, channel_order='rgb',
     labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
     sums = {'count': mask}
     if probs.ndim == 3:  # The centre view alone, from the same forward pass.
-      centre = inference.scores(probs[:, preprocessing.VIEWS.index('center')], labels)
+      centre = inference.scores(probs[:, pixels.VIEWS.index('center')], labels)
       sums.update(centre_top1_correct=centre['top1_correct'] * mask,
                   centre_top5_correct=centre['top5_correct'] * mask)
       probs = probs.mean(axis=1)
@@ -493,7 +495,8 @@ def resume_history(path, step, evaluation_due):
 
 
 class MetricsWriter:
-  """Writes scalars to `metrics.jsonl` (one JSON object a line) and TensorBoard.
+  """Writes scalars to `metrics.jsonl` (one JSON object a line) and TensorBoard (the
+  tensorboard package's event-file writer, which needs no TensorFlow).
 
   A resumed run first makes the file its history up to the resumed step
   (`resume_history`). Not clu.metric_writers (flax examples' choice): clu has no
@@ -506,7 +509,7 @@ class MetricsWriter:
     self.enabled = enabled
     if enabled:
       self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+      self._tb = event_file_writer.EventFileWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step, scalars):
     if not self.enabled:
@@ -514,9 +517,9 @@ class MetricsWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
     self._jsonl.flush()
-    with self._tb.as_default(step=int(step)):
-      for k, v in scalars.items():
-        tf.summary.scalar(k, v)
+    for k, v in scalars.items():
+      self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                         summary=tensorboard_scalar.scalar_pb(k, v)))
     self._tb.flush()
 
   def close(self):
@@ -588,6 +591,14 @@ def compile_steps(train_step, eval_step, state, config, mesh, local_batch, num_v
   return compiled_train, eval_step_compiled
 
 
+def _hide_accelerators_from_tensorflow():
+  """tf.data reads the data on the host: where a data source has imported TensorFlow, hide
+  the GPUs from it, so that it takes none of their memory from JAX."""
+  tf = sys.modules.get('tensorflow')
+  if tf is not None:
+    tf.config.set_visible_devices([], 'GPU')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains and evaluates AlexNet; resumes from the latest checkpoint in `workdir`.
 
@@ -595,8 +606,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   (checks.validate), the dataset (checks.check_data), the workdir (writable, not in use by
   another run, space for a checkpoint).
   """
-  tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep the accelerators for JAX.
-  checks.validate(config)
+  checks.validate(config)  # Imports the data's format, and TensorFlow with it (not synthetic's).
+  _hide_accelerators_from_tensorflow()
   mesh = create_mesh(config.mesh, columns=config.model.columns)
   checks.validate_mesh(config, mesh)
   num_train = checks.check_data(config)

@@ -20,7 +20,7 @@ def jax_runner(args, batch, rng):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from alexnet_jax import inference, models, preprocessing, train
+  from alexnet_jax import inference, models, pixels, train
   from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -28,7 +28,7 @@ def jax_runner(args, batch, rng):
   config.precision = args.precision
   model = models.AlexNet(**config.model)
   images = rng.integers(1, 256, (batch, size, size, 3), dtype=np.uint8)
-  mean = jnp.asarray(preprocessing.CHANNEL_MEAN)
+  mean = jnp.asarray(pixels.CHANNEL_MEAN)
   if args.mesh_model == 1:
     device = jax.devices()[0]
     init = lambda: model.init({'params': jax.random.key(0)}, jnp.zeros((1, size, size, 3)),

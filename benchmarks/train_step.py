@@ -22,7 +22,7 @@ def jax_runner(args, batch, rng, **model):
   of config.model to set (benchmarks/paths.py)."""
   import jax
   import numpy as np
-  from alexnet_jax import preprocessing, train
+  from alexnet_jax import pixels, train
   from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -32,7 +32,7 @@ def jax_runner(args, batch, rng, **model):
   config.mesh.model, config.mesh.data = args.mesh_model, -1
   config.model.update(model)
   mesh = train.create_mesh(config.mesh)
-  _, state, step, _ = train.setup(config, mesh, 1000, preprocessing.CHANNEL_MEAN)
+  _, state, step, _ = train.setup(config, mesh, 1000, pixels.CHANNEL_MEAN)
   size = args.image_size
   data = train.global_batch(mesh, {
       'image': rng.integers(1, 256, (batch, size, size, 3), dtype=np.uint8),

@@ -32,7 +32,7 @@ import optax
 from alexnet_jax import cpu_settings
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
-from alexnet_jax import preprocessing
+from alexnet_jax import pixels
 from configs import alexnet
 from configs import sample
 
@@ -66,7 +66,7 @@ def layer_stats(model_overrides, images, labels, num_classes=10, learning_rate=0
   config.model.update(model_overrides)
   std = 57.7 if config.model.init_scheme == 'he' else 1.0  # As the 'he' preset.
   model = models.AlexNet(**config.model)
-  x = preprocessing.normalize(jnp.asarray(images), None, preprocessing.CHANNEL_MEAN, std=std)
+  x = pixels.normalize(jnp.asarray(images), None, pixels.CHANNEL_MEAN, std=std)
   params = model.init({'params': jax.random.key(0)}, x[:1], train=False)['params']
   feats = model.apply({'params': params}, x, train=False, return_features=True)
 

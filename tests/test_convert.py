@@ -30,8 +30,8 @@ from alexnet_jax import evaluate
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
+from alexnet_jax import pixels
 from alexnet_jax import predict
-from alexnet_jax import preprocessing
 from alexnet_jax import train
 from configs import alexnet
 from configs import sample
@@ -243,7 +243,7 @@ def forward(**model):
 
   @jax.jit
   def apply(params, images, mean):
-    x = preprocessing.normalize(images, None, mean, channel_order='bgr')
+    x = pixels.normalize(images, None, mean, channel_order='bgr')
     return net.apply({'params': params}, x, train=False)
 
   return apply

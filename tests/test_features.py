@@ -15,7 +15,7 @@ from alexnet_jax import features
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
-from alexnet_jax import preprocessing
+from alexnet_jax import pixels
 from configs import sample
 from tests.conftest import REPO
 from tests.runs import assert_trees_equal
@@ -42,8 +42,8 @@ def test_restored_features_equal_the_live_models(workdir):
   fn = inference.make_features_fn(model, ['pool5', 'fc7', 'logits'],
                                 input_pipeline.mean(data, 67), config.data.std)
   got = fn(params, batch['image'])
-  x = preprocessing.normalize(batch['image'], None, input_pipeline.mean(data, 67),
-                              std=config.data.std)
+  x = pixels.normalize(batch['image'], None, input_pipeline.mean(data, 67),
+                       std=config.data.std)
   live = model.apply({'params': params}, x, train=False, return_features=True)
   # One jit-compiled program against op-by-op execution: XLA may fuse and reorder float32
   # sums differently (seen: 2e-6 on fc7 values of 0.07); a wrong or misplaced parameter

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import pixels
 from alexnet_jax import prepare
 from alexnet_jax import preprocessing
 from configs import sample
@@ -231,7 +232,7 @@ def test_mean_image_missing_and_present(tmp_path):
   np.save(root / input_pipeline.MEAN_IMAGE_FILE, mean_image)
   np.testing.assert_array_equal(input_pipeline.mean(data, 224), mean_image[16:240, 16:240])
   np.testing.assert_allclose(input_pipeline.mean(data_config(), 224),
-                             preprocessing.CHANNEL_MEAN)
+                             pixels.CHANNEL_MEAN)
   # A mean-image file named in the config (what `convert --mean` writes), and channel means.
   data = data_config(mean=str(root / input_pipeline.MEAN_IMAGE_FILE))
   np.testing.assert_array_equal(input_pipeline.mean(data, 224), mean_image[16:240, 16:240])

@@ -15,7 +15,7 @@ import re
 import jax
 import pytest
 
-from alexnet_jax import preprocessing
+from alexnet_jax import pixels
 from alexnet_jax import train
 from configs import alexnet
 
@@ -31,7 +31,7 @@ def lowered_steps(model_axis, dtype, precision):
   # Emulated CPU devices (tests/conftest.py) build the mesh on any host, a GPU's too.
   mesh = train.create_mesh(config.mesh, jax.devices('cpu')[:model_axis])
   _, state, train_step, eval_step = train.setup(config, mesh, 1000,
-                                                preprocessing.CHANNEL_MEAN, abstract=True)
+                                                pixels.CHANNEL_MEAN, abstract=True)
   b, s = config.batch_size, config.data.image_size
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)

@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from alexnet_jax import pixels
 from alexnet_jax import preprocessing as pp
 from configs import sample
 
@@ -389,8 +390,8 @@ def test_decode_and_random_crop_bad_bytes(photos):
 
 # pca_lighting, lighting_offset
 
-EIGVECS = np.array(pp.PCA_EIGVECS, np.float64)  # Columns are the components.
-STDDEVS = np.array(pp.PCA_STDDEVS, np.float64)
+EIGVECS = np.array(pixels.PCA_EIGVECS, np.float64)  # Columns are the components.
+STDDEVS = np.array(pixels.PCA_STDDEVS, np.float64)
 
 
 def model_covariance(std):
@@ -437,9 +438,9 @@ def test_pca_lighting_covariance():
 
 def test_pca_matches_natural_image_pixel_covariance(imagenette_paths):
   """The largest component is brightness, and it is the photos' own top component."""
-  pixels = np.concatenate([pil_rgb(p.read_bytes()).reshape(-1, 3)
-                           for p in imagenette_paths]).astype(np.float64)
-  pixel_cov = np.cov(pixels.T)
+  rgb = np.concatenate([pil_rgb(p.read_bytes()).reshape(-1, 3)
+                        for p in imagenette_paths]).astype(np.float64)
+  pixel_cov = np.cov(rgb.T)
   model = model_covariance(1.0)
   top_model = np.linalg.eigh(model)[1][:, -1]
   top_pixels = np.linalg.eigh(pixel_cov)[1][:, -1]
@@ -465,7 +466,7 @@ def test_center_crop_and_ten_views(shape, size):
   windows = {'top_left': (0, 0), 'top_right': (0, right),
              'center': (bottom // 2, right // 2), 'bottom_left': (bottom, 0),
              'bottom_right': (bottom, right)}
-  expected = [image[y:y + size, x:x + size] for y, x in (windows[v] for v in pp.VIEWS)]
+  expected = [image[y:y + size, x:x + size] for y, x in (windows[v] for v in pixels.VIEWS)]
   expected = np.stack(expected + [v[:, ::-1] for v in expected])
   views = pp.ten_views(tf.constant(image), size).numpy()
   assert views.shape == (10, size, size, 3) and views.dtype == np.uint8
@@ -494,16 +495,16 @@ def test_normalize_matches_numpy(views, mean_kind):
   shape = (4, 10, 6, 5, 3) if views else (4, 6, 5, 3)
   images = rng.integers(0, 256, shape, dtype=np.uint8)
   lighting = rng.normal(0, 12, (4, 3)).astype(np.float32)
-  mean = (np.array(pp.CHANNEL_MEAN, np.float32) if mean_kind == 'channel' else
+  mean = (np.array(pixels.CHANNEL_MEAN, np.float32) if mean_kind == 'channel' else
           rng.uniform(90, 140, (6, 5, 3)).astype(np.float32))
   lit = lighting.reshape((4,) + (1,) * (len(shape) - 2) + (3,))
   ref = images.astype(np.float64) + lit - mean
-  out = jax.jit(pp.normalize)(images, lighting, mean)
+  out = jax.jit(pixels.normalize)(images, lighting, mean)
   assert out.shape == shape and out.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-4)
-  np.testing.assert_allclose(np.asarray(pp.normalize(images, None, mean)),
+  np.testing.assert_allclose(np.asarray(pixels.normalize(images, None, mean)),
                              images.astype(np.float64) - mean, rtol=1e-6, atol=1e-4)
-  half = pp.normalize(images, lighting, mean, dtype=jnp.bfloat16)
+  half = pixels.normalize(images, lighting, mean, dtype=jnp.bfloat16)
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(half, np.float32), ref, rtol=1e-2, atol=0.5)
 
@@ -514,18 +515,18 @@ def test_normalize_bgr_reverses_the_channels_last():
   images = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
   lighting = rng.normal(0, 12, (2, 3)).astype(np.float32)
   mean, std = np.array([122.7, 116.7, 104.0], np.float32), (58., 57., 57.5)
-  rgb = np.asarray(pp.normalize(images, lighting, mean, std=std))
-  bgr = np.asarray(pp.normalize(images, lighting, mean, std=std, channel_order='bgr'))
+  rgb = np.asarray(pixels.normalize(images, lighting, mean, std=std))
+  bgr = np.asarray(pixels.normalize(images, lighting, mean, std=std, channel_order='bgr'))
   np.testing.assert_array_equal(bgr, rgb[..., ::-1])
   np.testing.assert_allclose(bgr[0, 0, 0, 0], (images[0, 0, 0, 2] + lighting[0, 2] - 104.0)
                              / 57.5, rtol=1e-5)
   with pytest.raises(ValueError, match="channel_order='brg'"):
-    pp.normalize(images, channel_order='brg')
+    pixels.normalize(images, channel_order='brg')
 
 
 def test_normalize_default_mean_is_the_channel_mean():
   images = np.full((2, 3, 3, 3), 200, np.uint8)
-  out = np.asarray(pp.normalize(images))
+  out = np.asarray(pixels.normalize(images))
   np.testing.assert_allclose(out[0, 0, 0], 200 - np.array([127.3, 119.7, 104.9]),
                              rtol=1e-6)
 
@@ -539,25 +540,25 @@ def test_mean_image_matches_numpy():
            rng.integers(0, 256, (5, 7, 9, 3), dtype=np.uint8),
            rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)]
   everything = np.concatenate([p.reshape(-1, 7, 9, 3) for p in parts])
-  out = pp.mean_image(iter(parts))  # Any iterable: a generator over batches works.
+  out = pixels.mean_image(iter(parts))  # Any iterable: a generator over batches works.
   assert out.shape == (7, 9, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out, everything.astype(np.float64).mean(0), rtol=1e-6)
   with pytest.raises(ValueError, match='one shape'):
-    pp.mean_image([parts[0], np.zeros((7, 8, 3), np.uint8)])
+    pixels.mean_image([parts[0], np.zeros((7, 8, 3), np.uint8)])
   with pytest.raises(ValueError, match='no images'):
-    pp.mean_image([])
+    pixels.mean_image([])
 
 
 @pytest.mark.parametrize('shape,size', [((256, 256), 224), ((11, 13), 6)])
 def test_mean_for_crop_is_the_centre(shape, size):
   mean = np.random.default_rng(5).uniform(0, 255, shape + (3,)).astype(np.float32)
   top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
-  out = pp.mean_for_crop(mean, size)
+  out = pixels.mean_for_crop(mean, size)
   np.testing.assert_array_equal(out, mean[top:top + size, left:left + size])
   # It is the mean of the centre crops: mean_for_crop(mean_image(x)) = mean_image(crops).
   images = np.random.default_rng(6).integers(0, 256, (3,) + shape + (3,), dtype=np.uint8)
   crops = [pp.center_crop(tf.constant(x), size).numpy() for x in images]
-  np.testing.assert_allclose(pp.mean_for_crop(pp.mean_image(images), size),
-                             pp.mean_image(crops), rtol=1e-6)
+  np.testing.assert_allclose(pixels.mean_for_crop(pixels.mean_image(images), size),
+                             pixels.mean_image(crops), rtol=1e-6)
   with pytest.raises(ValueError, match='smaller'):
-    pp.mean_for_crop(mean, max(shape) + 1)
+    pixels.mean_for_crop(mean, max(shape) + 1)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from alexnet_jax import models
-from alexnet_jax import preprocessing
+from alexnet_jax import pixels
 from alexnet_jax import train
 from configs import alexnet
 
@@ -47,7 +47,7 @@ def run(config, data, model_size, batches):
   """Runs the train step over `batches` on a data x model mesh; returns host results."""
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
                            devices(data * model_size))
-  _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
+  _, state, step, _ = train.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
   first_trace, losses = None, []
   for batch in batches:
     state, metrics = step(state, train.global_batch(mesh, batch))
@@ -102,7 +102,7 @@ def test_each_device_draws_the_dropout_bits_of_its_shard_only(data, model_size):
   config = small_config()
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
                            devices(data * model_size))
-  _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
+  _, state, step, _ = train.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
   jaxpr = step.trace(state, train.global_batch(mesh, random_batches(1)[0])).jaxpr.jaxpr
   draws = [eqn.outvars[0].aval.shape for eqn in jaxpr_ops(jaxpr)
            if eqn.primitive.name == 'random_bits']
@@ -135,7 +135,7 @@ def test_nonfinite_step_is_skipped_and_reported():
   config = small_config()
   mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
                            devices(2))
-  _, state, step, _ = train.setup(config, mesh, 100, preprocessing.CHANNEL_MEAN)
+  _, state, step, _ = train.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
   before = jax.device_get(state.params)
   batch = random_batches(1)[0]
   batch['lighting'][0, 0] = np.nan
@@ -178,7 +178,7 @@ def test_top5_is_top_k_of_the_classes_there_are():
   model = models.AlexNet(**config.model)
   params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
                       train=False)['params']
-  step = train.make_eval_step(model, mesh, params, jnp.asarray(preprocessing.CHANNEL_MEAN))
+  step = train.make_eval_step(model, mesh, params, jnp.asarray(pixels.CHANNEL_MEAN))
   batch = random_batches(1)[0]
   batch = {'image': batch['image'], 'label': batch['label'] % 4,
            'mask': np.ones(8, bool)}
@@ -196,14 +196,14 @@ def test_ten_views_also_score_the_centre_view_alone():
   model = models.AlexNet(**config.model)
   params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
                       train=False)['params']
-  step = train.make_eval_step(model, mesh, params, jnp.asarray(preprocessing.CHANNEL_MEAN))
+  step = train.make_eval_step(model, mesh, params, jnp.asarray(pixels.CHANNEL_MEAN))
   rng = np.random.default_rng(0)
   views = rng.integers(0, 256, (8, 10, SIZE, SIZE, 3), np.uint8)
   labels, mask = rng.integers(0, 4, 8).astype(np.int32), np.arange(8) < 7
   ten = jax.device_get(step(params, train.global_batch(
       mesh, {'image': views, 'label': labels, 'mask': mask})))
   centre = jax.device_get(step(params, train.global_batch(
-      mesh, {'image': views[:, preprocessing.VIEWS.index('center')], 'label': labels,
+      mesh, {'image': views[:, pixels.VIEWS.index('center')], 'label': labels,
              'mask': mask})))
   assert 'centre_top1_correct' not in centre
   assert ten['centre_top1_correct'] == centre['top1_correct']
