@@ -43,19 +43,31 @@ def main_command(workdir, *overrides, steps=6):
           f'--workdir={workdir}', f'--config.num_train_steps={steps}', *TINY, *overrides]
 
 
-def environment(devices=1, **extra):
-  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2', **extra)
+def environment(devices=1, path=(), **extra):
+  """The environment of a run: the repo (and `path`) on PYTHONPATH, `devices` CPU devices."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, path)]),
+             TF_CPP_MIN_LOG_LEVEL='2', **extra)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   return env
 
 
-def run_main(workdir, *overrides, steps=6, devices=1, check=True, **extra):
+def run_main(workdir, *overrides, steps=6, devices=1, path=(), check=True, **extra):
   result = subprocess.run(main_command(workdir, *overrides, steps=steps), cwd=REPO,
-                          env=environment(devices, **extra), capture_output=True,
+                          env=environment(devices, path, **extra), capture_output=True,
                           text=True, timeout=600)
   if check and result.returncode:
     raise AssertionError(result.stderr[-3000:])
   return result
+
+
+def without_tensorflow(directory):
+  """A folder for PYTHONPATH whose sitecustomize makes TensorFlow and TFDS unimportable in
+  every Python process started with it and in their children, as on a machine without
+  them (the device check's GPU machine): `import tensorflow` raises ModuleNotFoundError."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'sitecustomize.py'), 'w') as f:
+    f.write("import sys\nsys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n")
+  return str(directory)
 
 
 def metrics(workdir):

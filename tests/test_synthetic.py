@@ -6,6 +6,8 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 from alexnet_jax import train
 from configs import sample
@@ -39,18 +41,25 @@ def test_synthetic_batches_are_fixed_global_arrays_on_the_mesh():
 
 
 def test_main_on_synthetic_data_trains_checkpoints_and_writes_a_profile(tmp_path):
-  """main with data.dataset='synthetic' and a data_dir that does not exist: the real loop
-  trains, logs, evaluates and checkpoints; profile_steps=(2, 3) writes a jax.profiler trace
-  into the workdir and training goes on to the last step."""
+  """main with data.dataset='synthetic' and a data_dir that does not exist, on a Python
+  where TensorFlow cannot be imported (as on the device check's GPU machine): the real loop
+  trains, logs (metrics.jsonl and TensorBoard), evaluates and checkpoints;
+  profile_steps=(2, 3) writes a jax.profiler trace into the workdir and training goes on to
+  the last step."""
   workdir = tmp_path / 'run'
   result = runs.run_main(workdir, '--config.data.dataset=synthetic',
                          f'--config.data.data_dir={tmp_path / "no_such_dir"}',
                          '--config.data.synthetic_examples=64',
                          '--config.data.synthetic_eval_examples=50',
                          '--config.profile_steps=(2, 3)', '--config.checkpoint_every_steps=2',
-                         steps=5)
+                         steps=5, path=[runs.without_tensorflow(tmp_path / 'no_tf')])
   lines = runs.metrics(workdir)
   assert [m['step'] for m in lines if 'loss' in m] == [2, 4, 5]
+  events = event_accumulator.EventAccumulator(str(workdir / 'tensorboard'),
+                                              size_guidance={'tensors': 0})
+  events.Reload()  # TensorBoard's own reader: its scalars are metrics.jsonl's.
+  assert [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in
+          events.Tensors('loss')] == [(m['step'], m['loss']) for m in lines if 'loss' in m]
   assert [m['step'] for m in lines if 'eval_top1_error' in m] == [5]  # At the end.
   assert all(np.isfinite(m['loss']) for m in lines if 'loss' in m)
   assert 'eval (1 view(s), 50 examples)' in result.stderr
