@@ -16,10 +16,12 @@ others still run:
               config.profile_steps: its images/s and the profile's files
   end_to_end  benchmarks/end_to_end.py on records: the input pipeline feeding the step
               against the step alone
-A part whose modules are not installed (alexnet_jax imports TensorFlow for its input
-pipeline; the peer is PyTorch) is skipped with the reason. Needs no network: only the
-repo and what is installed. The JSON (--out, default benchmarks/results/device_check.json)
-is rewritten after each part.
+A part whose modules are not installed is skipped with the reason: only end_to_end needs
+TensorFlow (tf.data reads the records); the step, synthetic data and these tests run
+without it (test_models' TensorFlow oracles are then skipped); PyTorch is the peer;
+ml_collections (the configs) may be carried as a wheel (scripts/device_check.sh). Needs no
+network: only the repo and what is installed. The JSON (--out, default
+benchmarks/results/device_check.json) is rewritten after each part.
 """
 
 import argparse
@@ -39,10 +41,10 @@ TESTS = ['tests/test_models.py', 'tests/test_train.py', 'tests/test_lowering.py'
 # (dtype, precision) of the train-step rows: the paper's float32, TF32, bfloat16.
 VARIANTS = (('float32', 'highest'), ('float32', 'default'), ('bfloat16', 'default'))
 # Each part: (modules it needs, its share of the budget).
-PARTS = {'tests': (('jax', 'tensorflow', 'torch', 'pytest'), 0.3),
-         'train_step': (('jax', 'tensorflow', 'torch'), 0.4),
-         'synthetic': (('jax', 'tensorflow'), 0.15),
-         'end_to_end': (('jax', 'tensorflow'), 0.15)}
+PARTS = {'tests': (('jax', 'ml_collections', 'torch', 'pytest'), 0.3),
+         'train_step': (('jax', 'ml_collections', 'torch'), 0.4),
+         'synthetic': (('jax', 'ml_collections'), 0.15),
+         'end_to_end': (('jax', 'ml_collections', 'tensorflow'), 0.15)}
 
 
 def parse(argv=None):
@@ -205,8 +207,9 @@ def run_part(name, args, tmp, seconds):
   command, result = RUNNERS[name]
   out = os.path.join(tmp, f'{name}.json')
   cmd = command(args, out)
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_DEFAULT_MATMUL_PRECISION='highest',
-             TF_CPP_MIN_LOG_LEVEL='2')
+  path = os.pathsep.join([REPO] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+  env = dict(os.environ, PYTHONPATH=path, JAX_DEFAULT_MATMUL_PRECISION='highest',
+             TF_CPP_MIN_LOG_LEVEL='2')  # PYTHONPATH keeps carried wheels (device_check.sh).
   if name != 'tests':
     env.pop('JAX_DEFAULT_MATMUL_PRECISION')  # The steps' own config.precision decides.
   print(f'device_check: {name}: {" ".join(cmd)} (limit {seconds:.0f} s)', flush=True)
