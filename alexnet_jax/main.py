@@ -17,6 +17,8 @@ with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ l
   import jax
   from ml_collections import config_flags
 
+  from alexnet_jax import input_pipeline
+  from alexnet_jax import synthetic
   from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -55,6 +57,9 @@ def main(argv):
   logging.info('JAX process %d of %d; %d local / %d global devices: %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())
+  if FLAGS.config.data.dataset != synthetic.DATASET:  # Its format imports TensorFlow: quietly.
+    with console.quiet_imports(True):
+      input_pipeline.source(FLAGS.config.data)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

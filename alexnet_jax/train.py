@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
