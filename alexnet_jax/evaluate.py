@@ -28,6 +28,8 @@ with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ l
   from absl import flags
   import jax
   import numpy as np
+  # The image sources read with TensorFlow: it loads here, where its start-up lines drop.
+  import tensorflow  # pylint: disable=unused-import
 
   from alexnet_jax import inference
   from alexnet_jax import input_pipeline
