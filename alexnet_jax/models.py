@@ -72,11 +72,9 @@ GROUP_IMPLS = ('auto', 'split', 'feature_group')
 
 # XLA's own ops: LRN and max pool by autodiff, the grouped convolution.
 XLA_IMPLS = {'lrn_impl': 'xla', 'pool_impl': 'xla', 'group_impl': 'feature_group'}
-# 'auto' by the platform lowered for (`by_platform`). CPU: the faster in the training step
-# on a 2-core CPU (benchmarks/NOTES.md, item 14: LRN by autodiff as fast or faster, our
-# max-pool gradient 2-8% faster, two convolutions 3x faster than one grouped). Other
-# platforms (cuda, rocm, tpu): XLA's own ops, the conventional choice that lets XLA fuse;
-# not measured.
+# 'auto' by the platform lowered for (`by_platform`). CPU: the faster of each pair in the
+# training step on a 2-core CPU (benchmarks/NOTES.md, item 14). Other platforms (cuda,
+# rocm, tpu): XLA's own ops, the conventional choice that lets XLA fuse; not measured.
 IMPLS = {
     'cpu': {'lrn_impl': 'xla', 'pool_impl': 'custom', 'group_impl': 'split'},
 }
