@@ -1,7 +1,7 @@
 """The config check, declared once: every entry point calls `validate` before any compute.
 
 `validate(config)` checks the values, alone and against each other (no I/O, no devices);
-`validate_mesh(config, mesh)` what depends on the mesh train.create_mesh built;
+`validate_mesh(config, mesh)` what depends on the mesh partitioning.create_mesh built;
 `check_data(config)` checks the dataset the config names (its splits, its classes against
 model.num_classes, enough examples for a batch, the mean image). Each refusal is a
 ValueError (FileNotFoundError for missing data) that names the field and the fix. The
@@ -14,7 +14,7 @@ from alexnet_jax import optimizer
 from alexnet_jax import pixels
 from alexnet_jax import synthetic
 
-PRECISIONS = ('highest', 'default')  # config.precision: train.with_precision.
+PRECISIONS = ('highest', 'default')  # config.precision: steps.with_precision.
 
 
 def _get(config, field):

@@ -85,7 +85,7 @@ def run(fn, *args, **kwargs):
     sys.stderr.flush()
     print(f'\nERROR: {type(e).__name__}: {e}\n\nDetail:\n{detail}', file=sys.stderr,
           flush=True)
-    if getattr(e, 'skip_cleanup', False):  # An exit that must not wait (train.PeerLost).
+    if getattr(e, 'skip_cleanup', False):  # An exit that must not wait (preemption.PeerLost).
       sys.stdout.flush()
       os._exit(1)
     sys.exit(1)

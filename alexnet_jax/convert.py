@@ -41,7 +41,8 @@ with console.quiet_imports(__name__ == '__main__'):  # Before TensorFlow's C++ l
   from alexnet_jax import checkpointing
   from alexnet_jax import input_pipeline
   from alexnet_jax import models
-  from alexnet_jax import train
+  from alexnet_jax import partitioning
+  from alexnet_jax import steps
 
 CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 DENSES = ('fc6', 'fc7', 'fc8')
@@ -219,10 +220,10 @@ def write_workdir(params, config, out, mean=None):
     config.data.mean = MEAN_FILE  # Relative: inference.load reads it from the workdir.
   # One device: a checkpoint restores on any mesh. The learning-rate schedule is not part
   # of the state, so any steps_per_epoch gives the state training builds.
-  mesh = train.create_mesh(ml_collections.ConfigDict({'model': 1, 'data': 1}),
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'model': 1, 'data': 1}),
                            jax.devices()[:1])
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  _, state = train.initial_state(config, mesh, params=params)
+  _, state = steps.initial_state(config, mesh, params=params)
   checkpointing.check_space(out, state)
   manager = checkpointing.create_manager(out, config.keep_checkpoints)
   checkpointing.save(manager, 0, state, config)

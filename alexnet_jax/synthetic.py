@@ -8,7 +8,7 @@ lighting spread, 'label': int32 [b] in [0, model.num_classes)}), with
 data.synthetic_examples setting the epoch's length. Evaluation runs unchanged over
 data.synthetic_eval_examples random examples (one random batch repeated, the last batch
 masked as the pipeline's), so its error is chance's. Batches are global arrays split over
-the mesh's 'data' axis, as train.global_batch makes them.
+the mesh's 'data' axis, as partitioning.global_batch makes them.
 """
 
 import math

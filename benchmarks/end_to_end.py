@@ -5,14 +5,14 @@
 
 The real pipeline (`input_pipeline.create_split` over the sample's photographs stored at
 256 x 256, in each format of benchmarks/input_pipeline.py) feeds the real step
-(`train.make_train_step` for the paper's config, 1000 classes, on a `train.create_mesh`
-mesh), each batch through `train.global_batch`, as train_and_evaluate's loop does. The
+(`steps.make_train_step` for the paper's config, 1000 classes, on a `partitioning.create_mesh`
+mesh), each batch through `partitioning.global_batch`, as train_and_evaluate's loop does. The
 step alone runs on the same batches (a second iterator over the same stream), put on the
 device before the clock starts. Each repeat times `--steps` steps of both, alternating
 which goes first; end_to_end_ratio is the median of each repeat's end-to-end images/s
 over its step-alone images/s: 1.0 when the input costs the step nothing.
 
-The 10-view evaluation likewise: the evaluation pipeline feeding `train.make_eval_step`
+The 10-view evaluation likewise: the evaluation pipeline feeding `steps.make_eval_step`
 over the held-out images, against the evaluation step alone on the same batches
 (images/s counts images, not views).
 """
@@ -56,7 +56,7 @@ def parse(argv=None):
 
 def setup(args, data):
   """(config, mesh, state, train step, eval step) for the paper's network on `data`."""
-  from alexnet_jax import checks, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import checks, partitioning, steps  # pylint: disable=g-import-not-at-top
   from configs import alexnet  # pylint: disable=g-import-not-at-top
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -64,22 +64,22 @@ def setup(args, data):
   config.batch_size, config.eval_batch_size = args.batch, args.eval_batch
   config.mesh.model, config.mesh.data = args.mesh_model, -1
   checks.validate(config)
-  mesh = train.create_mesh(config.mesh, columns=config.model.columns)
+  mesh = partitioning.create_mesh(config.mesh, columns=config.model.columns)
   checks.validate_mesh(config, mesh)
-  _, state, train_step, eval_step = train.setup(config, mesh, 1000)
+  _, state, train_step, eval_step = steps.setup(config, mesh, 1000)
   return config, mesh, state, train_step, eval_step
 
 
 def time_training(args, config, mesh, state, step):
   """({'end_to_end': [img/s], 'step': [img/s]}, state) over interleaved repeats."""
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import input_pipeline, partitioning  # pylint: disable=g-import-not-at-top
 
   def pipeline():
     return input_pipeline.create_split(
         config.data, config.data.train_split, global_batch_size=config.batch_size,
         train=True, seed=config.seed, image_size=config.data.image_size,
-        shard=train.data_shard(mesh))
+        shard=partitioning.data_shard(mesh))
 
   live, replay = pipeline(), pipeline()  # The same stream twice.
   box = {'state': state}
@@ -94,12 +94,12 @@ def time_training(args, config, mesh, state, step):
 
   for _ in range(1 + args.warmup):  # Compiles.
     next(replay)
-    box['state'], metrics = step(box['state'], train.global_batch(mesh, next(live)))
+    box['state'], metrics = step(box['state'], partitioning.global_batch(mesh, next(live)))
   jax.block_until_ready(metrics)
   rates = {'end_to_end': [], 'step': []}
   for r in range(args.repeats):
-    on_device = [train.global_batch(mesh, next(replay)) for _ in range(args.steps)]
-    end_to_end = (train.global_batch(mesh, next(live)) for _ in range(args.steps))
+    on_device = [partitioning.global_batch(mesh, next(replay)) for _ in range(args.steps)]
+    end_to_end = (partitioning.global_batch(mesh, next(live)) for _ in range(args.steps))
     order = [('step', on_device), ('end_to_end', end_to_end)]
     for name, batches in order if r % 2 == 0 else order[::-1]:
       rates[name].append(run(batches))
@@ -112,13 +112,13 @@ def time_evaluation(args, config, mesh, params, eval_step):
   """{'end_to_end': [img/s], 'step': [img/s]} for the 10-view evaluation, as evaluate()
   reads it (a new pipeline each pass)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import input_pipeline, partitioning  # pylint: disable=g-import-not-at-top
 
   def pipeline():
     batches = input_pipeline.create_split(
         config.data, config.data.eval_split, global_batch_size=config.eval_batch_size,
         train=False, image_size=config.data.image_size, num_views=10,
-        shard=train.data_shard(mesh))
+        shard=partitioning.data_shard(mesh))
     return (b for _, b in zip(range(args.eval_batches or 2**62), batches))
 
   def run(batches):
@@ -130,7 +130,7 @@ def time_evaluation(args, config, mesh, params, eval_step):
     jax.block_until_ready(sums)
     return images / (time.perf_counter() - start)
 
-  feed = lambda b: (int(b['mask'].sum()), train.global_batch(mesh, b))
+  feed = lambda b: (int(b['mask'].sum()), partitioning.global_batch(mesh, b))
   jax.block_until_ready(eval_step(params, feed(next(pipeline()))[1]))  # Compiles.
   rates = {'end_to_end': [], 'step': []}
   for r in range(args.repeats):

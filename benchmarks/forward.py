@@ -5,7 +5,7 @@
 
 alexnet_jax, --mesh_model 1: `inference.make_features_fn` (uint8 images normalised on the
 device, the forward pass in eval mode, the --layer activations returned), on one device.
---mesh_model 2: the model-parallel forward of `train.make_eval_step` (logits, softmax and
+--mesh_model 2: the model-parallel forward of `steps.make_eval_step` (logits, softmax and
 top-1/top-5 counts) with a column on each device. The peer: tests/torch_alexnet.py's
 `features(x)[layer]` in eval mode under torch.inference_mode, channels_last, bfloat16
 autocast with --dtype bfloat16; eager and torch.compile'd (--peer_compile, default both:
@@ -20,7 +20,7 @@ def jax_runner(args, batch, rng):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from alexnet_jax import inference, models, pixels, train
+  from alexnet_jax import inference, models, partitioning, pixels, steps
   from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -34,16 +34,16 @@ def jax_runner(args, batch, rng):
     init = lambda: model.init({'params': jax.random.key(0)}, jnp.zeros((1, size, size, 3)),
                               train=False)['params']
     params = jax.jit(init, out_shardings=jax.sharding.SingleDeviceSharding(device))()
-    fn = train.with_precision(inference.make_features_fn(model, [args.layer], mean),
+    fn = steps.with_precision(inference.make_features_fn(model, [args.layer], mean),
                               args.precision)
     data = jax.device_put(images, device)
     call, devices = (lambda: fn(params, data)), [device]
   else:
     config.mesh.model, config.mesh.data = args.mesh_model, -1
-    mesh = train.create_mesh(config.mesh)
-    _, state, _, fn = train.setup(config, mesh, 1000, mean)
+    mesh = partitioning.create_mesh(config.mesh)
+    _, state, _, fn = steps.setup(config, mesh, 1000, mean)
     params = state.params
-    data = train.global_batch(mesh, {
+    data = partitioning.global_batch(mesh, {
         'image': images, 'label': rng.integers(0, 1000, batch).astype(np.int32),
         'mask': np.ones(batch, bool)})
     call, devices = (lambda: fn(params, data)), list(mesh.devices.flat)
@@ -86,7 +86,7 @@ def main(argv=None):
   if args.mesh_model == 1:
     extra = {'jax_fn': 'inference.make_features_fn', 'layer': args.layer}
   else:
-    extra = {'jax_fn': 'train.make_eval_step', 'layer': 'logits'}
+    extra = {'jax_fn': 'steps.make_eval_step', 'layer': 'logits'}
   return common.run(args, 'forward', jax_runner, peer_runner, common.FORWARD_FLOPS, extra)
 
 

@@ -4,9 +4,9 @@
     python -m benchmarks.train_step --mesh_model 2        # a column per device
     python -m benchmarks.train_step --dtype bfloat16 --batch 128,256   # on a GPU
 
-alexnet_jax: the real step, `train.make_train_step` (uint8 images normalised on the
+alexnet_jax: the real step, `steps.make_train_step` (uint8 images normalised on the
 device, forward, backward, the paper's SGD update from `optimizer.create_optimizer`, the
-non-finite check) on a `train.create_mesh` mesh, state donated. The peer: the two-column
+non-finite check) on a `partitioning.create_mesh` mesh, state donated. The peer: the two-column
 network of tests/torch_alexnet.py (groups=2, the same LRN), cross entropy, torch.optim.SGD
 with momentum 0.9 and weight decay 5e-4 on the weights, in channels_last, under bfloat16
 autocast when --dtype bfloat16; eager and torch.compile'd (--peer_compile, default both:
@@ -22,7 +22,7 @@ def jax_runner(args, batch, rng, **model):
   of config.model to set (benchmarks/paths.py)."""
   import jax
   import numpy as np
-  from alexnet_jax import pixels, train
+  from alexnet_jax import partitioning, pixels, steps
   from configs import alexnet
 
   config = alexnet.get_config('bf16' if args.dtype == 'bfloat16' else '')
@@ -31,10 +31,10 @@ def jax_runner(args, batch, rng, **model):
   config.data.image_size = args.image_size
   config.mesh.model, config.mesh.data = args.mesh_model, -1
   config.model.update(model)
-  mesh = train.create_mesh(config.mesh)
-  _, state, step, _ = train.setup(config, mesh, 1000, pixels.CHANNEL_MEAN)
+  mesh = partitioning.create_mesh(config.mesh)
+  _, state, step, _ = steps.setup(config, mesh, 1000, pixels.CHANNEL_MEAN)
   size = args.image_size
-  data = train.global_batch(mesh, {
+  data = partitioning.global_batch(mesh, {
       'image': rng.integers(1, 256, (batch, size, size, 3), dtype=np.uint8),
       'lighting': rng.normal(0, 10, (batch, 3)).astype(np.float32),
       'label': rng.integers(0, config.model.num_classes, batch).astype(np.int32)})

@@ -30,9 +30,10 @@ from alexnet_jax import evaluate
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
+from alexnet_jax import partitioning
 from alexnet_jax import pixels
 from alexnet_jax import predict
-from alexnet_jax import train
+from alexnet_jax import steps
 from configs import alexnet
 from configs import sample
 from tests import caffe_alexnet
@@ -409,9 +410,9 @@ def small_workdir(tmp_path_factory):
 def test_main_resumes_from_a_written_workdir(small_workdir):
   """The state is the one training builds: main's restore_latest takes it (on model=2)."""
   out, params, config = small_workdir
-  mesh = train.create_mesh(config.mesh, jax.devices()[:2])
+  mesh = partitioning.create_mesh(config.mesh, jax.devices()[:2])
   assert mesh.shape['model'] == 2
-  _, fresh = train.initial_state(config, mesh)
+  _, fresh = steps.initial_state(config, mesh)
   manager = checkpointing.create_manager(str(out), config.keep_checkpoints)
   state, evaluated = checkpointing.restore_latest(manager, fresh, config)
   manager.close()

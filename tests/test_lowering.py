@@ -1,6 +1,6 @@
 """The steps as an accelerator would receive them: lowered for CUDA and TPU on this CPU host.
 
-`train.setup(..., abstract=True)` builds the paper's steps (configs/alexnet.py: 224 x 224,
+`steps.setup(..., abstract=True)` builds the paper's steps (configs/alexnet.py: 224 x 224,
 batch 128, 1000 classes) over shapes and shardings only, so nothing is allocated;
 `.trace(...).lower(lowering_platforms=...)` lowers them for a platform this machine does
 not have. The StableHLO text must hold what the run needs there: the collectives only
@@ -15,8 +15,9 @@ import re
 import jax
 import pytest
 
+from alexnet_jax import partitioning
 from alexnet_jax import pixels
-from alexnet_jax import train
+from alexnet_jax import steps
 from configs import alexnet
 
 COLLECTIVES = ('all_gather', 'all_reduce', 'reduce_scatter', 'collective_permute',
@@ -29,8 +30,8 @@ def lowered_steps(model_axis, dtype, precision):
   config.precision = precision
   config.mesh.model, config.mesh.data = model_axis, 1
   # Emulated CPU devices (tests/conftest.py) build the mesh on any host, a GPU's too.
-  mesh = train.create_mesh(config.mesh, jax.devices('cpu')[:model_axis])
-  _, state, train_step, eval_step = train.setup(config, mesh, 1000,
+  mesh = partitioning.create_mesh(config.mesh, jax.devices('cpu')[:model_axis])
+  _, state, train_step, eval_step = steps.setup(config, mesh, 1000,
                                                 pixels.CHANNEL_MEAN, abstract=True)
   b, s = config.batch_size, config.data.image_size
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))

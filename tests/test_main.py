@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpointing
-from alexnet_jax import train
+from alexnet_jax import partitioning
+from alexnet_jax import steps
 from configs import sample
 from tests import runs
 from tests.conftest import REPO
@@ -57,7 +58,8 @@ def test_a_run_without_a_terminal_logs_progress_and_not_the_libraries(uninterrup
   assert 'step 6: eval (1 view(s), 200 examples) top-1 error' in log
   assert 'CPU settings applied: eigen_convolutions, synchronous_dispatch, keep_freed_memory' in log
   records = re.findall(r'^[IWE]\d{4} [\d:.]+ +\d+ (\w+)\.py:\d+\]', log, re.M)  # Python's.
-  assert set(records) <= {'cpu_settings', 'console', 'main', 'train', 'checkpointing'}, records
+  assert set(records) <= {'cpu_settings', 'console', 'main', 'partitioning', 'train',
+                          'checkpointing'}, records
   assert len(records) < 20
 
 
@@ -78,17 +80,17 @@ def test_library_logs_flag_shows_the_libraries(tmp_path):
 def test_model2_checkpoint_restores_on_model1_and_back(tmp_path):
   config = sample.get_config()
   config.data.image_size = 67
-  mesh = lambda m: train.create_mesh(ml_collections.ConfigDict({'data': -1, 'model': m}),
+  mesh = lambda m: partitioning.create_mesh(ml_collections.ConfigDict({'data': -1, 'model': m}),
                                      jax.devices()[:2])
   for source, target in ((2, 1), (1, 2)):
     workdir = tmp_path / f'{source}to{target}'
     config.seed = source
-    _, state = train.initial_state(config, mesh(source))
+    _, state = steps.initial_state(config, mesh(source))
     manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
     checkpointing.save(manager, 3, state, config)
     checkpointing.finish(manager)
     config.seed = 99  # A different initialisation, overwritten by the restore.
-    _, fresh = train.initial_state(config, mesh(target))
+    _, fresh = steps.initial_state(config, mesh(target))
     manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
     restored, evaluated = checkpointing.restore_latest(manager, fresh, config)
     manager.close()

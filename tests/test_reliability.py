@@ -21,6 +21,8 @@ import pytest
 
 from alexnet_jax import checkpointing
 from alexnet_jax import inference
+from alexnet_jax import partitioning
+from alexnet_jax import steps
 from alexnet_jax import train
 from configs import imagenette
 from configs import sample
@@ -280,8 +282,8 @@ DAMAGE = ['truncated array data', 'missing array file', 'unreadable metadata', '
 def fresh_state(workdir, step):
   """The run's config (from its step-`step` checkpoint) and a newly initialised state."""
   config = checkpointing.saved_config(workdir, step)
-  mesh = train.create_mesh(config.mesh, jax.devices()[:1], config.model.columns)
-  return config, train.initial_state(config, mesh)[1]
+  mesh = partitioning.create_mesh(config.mesh, jax.devices()[:1], config.model.columns)
+  return config, steps.initial_state(config, mesh)[1]
 
 
 def restore(workdir, state, config):

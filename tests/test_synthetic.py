@@ -9,6 +9,7 @@ import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
+from alexnet_jax import partitioning
 from alexnet_jax import train
 from configs import sample
 from tests import runs
@@ -20,7 +21,7 @@ def test_synthetic_batches_are_fixed_global_arrays_on_the_mesh():
   config = sample.get_config()
   config.data.dataset = 'synthetic'
   config.data.synthetic_eval_examples = 50
-  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 2, 'model': 1}),
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 2, 'model': 1}),
                            jax.devices()[:2])
   batches = train.create_split(config, mesh, 'train', global_batch_size=8, train=True,
                                seed=0, image_size=67)
@@ -29,7 +30,7 @@ def test_synthetic_batches_are_fixed_global_arrays_on_the_mesh():
   assert first['image'].shape == (8, 67, 67, 3) and first['image'].dtype == np.uint8
   assert first['label'].shape == (8,) and first['lighting'].shape == (8, 3)
   assert first['image'].sharding.spec == jax.sharding.PartitionSpec('data')
-  assert train.global_batch(mesh, first) == first  # Already global: passed as it is.
+  assert partitioning.global_batch(mesh, first) == first  # Already global: passed as it is.
   image, label = np.asarray(first['image']), np.asarray(first['label'])
   assert len(np.unique(image)) > 200 and set(label) <= set(range(10)) and len(set(label)) > 2
   # The pipeline's PCA lighting spread: std 0.1 * 121.78 along brightness, ~12 per channel.

@@ -9,8 +9,9 @@ import optax
 import pytest
 
 from alexnet_jax import models
+from alexnet_jax import partitioning
 from alexnet_jax import pixels
-from alexnet_jax import train
+from alexnet_jax import steps
 from configs import alexnet
 
 # 67 x 67 inputs keep the network's structure (conv1 15 x 15 -> pool5 1 x 1 x 256) at a
@@ -45,12 +46,12 @@ def random_batches(n, batch=8, seed=0):
 
 def run(config, data, model_size, batches):
   """Runs the train step over `batches` on a data x model mesh; returns host results."""
-  mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
                            devices(data * model_size))
-  _, state, step, _ = train.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
+  _, state, step, _ = steps.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
   first_trace, losses = None, []
   for batch in batches:
-    state, metrics = step(state, train.global_batch(mesh, batch))
+    state, metrics = step(state, partitioning.global_batch(mesh, batch))
     losses.append(float(metrics['loss']))
     if first_trace is None:  # After one step the momentum is -lr * (grad + wd * W).
       first_trace = jax.device_get(optax.tree_utils.tree_get(state.opt_state, 'trace'))
@@ -100,10 +101,10 @@ def test_each_device_draws_the_dropout_bits_of_its_shard_only(data, model_size):
   global [8, 4096] mask; the mesh tests above show the masks are the same on every mesh.
   """
   config = small_config()
-  mesh = train.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
                            devices(data * model_size))
-  _, state, step, _ = train.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
-  jaxpr = step.trace(state, train.global_batch(mesh, random_batches(1)[0])).jaxpr.jaxpr
+  _, state, step, _ = steps.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
+  jaxpr = step.trace(state, partitioning.global_batch(mesh, random_batches(1)[0])).jaxpr.jaxpr
   draws = [eqn.outvars[0].aval.shape for eqn in jaxpr_ops(jaxpr)
            if eqn.primitive.name == 'random_bits']
   assert draws == [(8 // data, 2 // model_size, 2048)] * 2
@@ -133,13 +134,13 @@ def test_training_reduces_loss_on_a_fixed_batch():
 
 def test_nonfinite_step_is_skipped_and_reported():
   config = small_config()
-  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
                            devices(2))
-  _, state, step, _ = train.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
+  _, state, step, _ = steps.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
   before = jax.device_get(state.params)
   batch = random_batches(1)[0]
   batch['lighting'][0, 0] = np.nan
-  state, metrics = step(state, train.global_batch(mesh, batch))
+  state, metrics = step(state, partitioning.global_batch(mesh, batch))
   assert int(metrics['nonfinite']) == 1
   assert int(state.step) == 1  # Counted, so the data stays aligned with the step.
   assert_trees_close(before, jax.device_get(state.params), 1e-12)
@@ -152,7 +153,7 @@ def test_nonfinite_step_is_skipped_and_reported():
 ])
 def test_bad_mesh_is_a_clear_error(mesh_config, devices, message):
   with pytest.raises(ValueError, match=message):
-    train.create_mesh(ml_collections.ConfigDict(mesh_config), jax.devices('cpu')[:devices])
+    partitioning.create_mesh(ml_collections.ConfigDict(mesh_config), jax.devices('cpu')[:devices])
 
 
 @pytest.mark.parametrize('devices,columns,shape', [(1, 2, (1, 1)), (4, 2, (2, 2)),
@@ -163,7 +164,7 @@ def test_mesh_model_0_chooses_the_paper_split_where_the_devices_allow(devices, c
   log says which and why."""
   mesh_config = ml_collections.ConfigDict({'data': -1, 'model': 0})
   with caplog.at_level('INFO'):
-    mesh = train.create_mesh(mesh_config, jax.devices('cpu')[:devices], columns)
+    mesh = partitioning.create_mesh(mesh_config, jax.devices('cpu')[:devices], columns)
   assert (mesh.shape['data'], mesh.shape['model']) == shape
   logged = caplog.text
   assert f'Mesh data={shape[0]} x model={shape[1]} over {devices} cpu device(s)' in logged
@@ -173,16 +174,16 @@ def test_mesh_model_0_chooses_the_paper_split_where_the_devices_allow(devices, c
 def test_top5_is_top_k_of_the_classes_there_are():
   """With 4 classes every label is in the top 5 (top-4): top-5 error 0."""
   config = small_config(num_classes=4)
-  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
                            devices(1))
   model = models.AlexNet(**config.model)
   params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
                       train=False)['params']
-  step = train.make_eval_step(model, mesh, params, jnp.asarray(pixels.CHANNEL_MEAN))
+  step = steps.make_eval_step(model, mesh, params, jnp.asarray(pixels.CHANNEL_MEAN))
   batch = random_batches(1)[0]
   batch = {'image': batch['image'], 'label': batch['label'] % 4,
            'mask': np.ones(8, bool)}
-  sums = jax.device_get(step(params, train.global_batch(mesh, batch)))
+  sums = jax.device_get(step(params, partitioning.global_batch(mesh, batch)))
   assert sums['count'] == 8 and sums['top5_correct'] == 8
   assert sums['top1_correct'] < 8
 
@@ -191,18 +192,18 @@ def test_ten_views_also_score_the_centre_view_alone():
   """With views, the step also counts the centre view's own top-1/top-5 (view 2 of
   preprocessing.ten_views), equal to a one-view evaluation of that view."""
   config = small_config(num_classes=4)
-  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
                            jax.devices()[:1])
   model = models.AlexNet(**config.model)
   params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
                       train=False)['params']
-  step = train.make_eval_step(model, mesh, params, jnp.asarray(pixels.CHANNEL_MEAN))
+  step = steps.make_eval_step(model, mesh, params, jnp.asarray(pixels.CHANNEL_MEAN))
   rng = np.random.default_rng(0)
   views = rng.integers(0, 256, (8, 10, SIZE, SIZE, 3), np.uint8)
   labels, mask = rng.integers(0, 4, 8).astype(np.int32), np.arange(8) < 7
-  ten = jax.device_get(step(params, train.global_batch(
+  ten = jax.device_get(step(params, partitioning.global_batch(
       mesh, {'image': views, 'label': labels, 'mask': mask})))
-  centre = jax.device_get(step(params, train.global_batch(
+  centre = jax.device_get(step(params, partitioning.global_batch(
       mesh, {'image': views[:, pixels.VIEWS.index('center')], 'label': labels,
              'mask': mask})))
   assert 'centre_top1_correct' not in centre
@@ -215,21 +216,21 @@ def test_the_layout_is_declared_by_parameter_name():
   """PARAM_LAYOUT's rules place each parameter by its path; an unnamed one is an error."""
   shapes = {'conv1': {'kernel': (11, 11, 3, 96), 'bias': (96,)}, 'fc8': {'kernel': (4096, 10)}}
   params = jax.tree.map(np.zeros, shapes, is_leaf=lambda x: isinstance(x, tuple))
-  assert train.param_specs(params) == {
+  assert partitioning.param_specs(params) == {
       'conv1': {'kernel': P(None, None, None, 'model'), 'bias': P('model')},
       'fc8': {'kernel': P(None, 'model')}}
-  with pytest.raises(ValueError, match='No rule in train.PARAM_LAYOUT places parameter '
+  with pytest.raises(ValueError, match='No rule in partitioning.PARAM_LAYOUT places parameter '
                      r'fc9/kernel \(shape \(4, 2\)\)'):
-    train.param_specs({'fc9': {'kernel': np.zeros((4, 2))}, 'fc8': {'bias': np.zeros(2)}})
+    partitioning.param_specs({'fc9': {'kernel': np.zeros((4, 2))}, 'fc8': {'bias': np.zeros(2)}})
 
 
 def test_the_optimizer_state_is_laid_out_as_the_parameters():
   """The momentum is split as its parameter (on the device, too); every other leaf of the
   state (step, counts, learning rates, the plateau schedule) is replicated."""
-  mesh = train.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
                            devices(2))
-  _, state = train.initial_state(small_config(), mesh)
-  specs = train.state_specs(state)
+  _, state = steps.initial_state(small_config(), mesh)
+  specs = partitioning.state_specs(state)
   assert optax.tree_utils.tree_get(specs.opt_state, 'trace') == specs.params
   trace = optax.tree_utils.tree_get(state.opt_state, 'trace')
   assert jax.tree.map(lambda x: x.sharding.spec, trace) == specs.params
