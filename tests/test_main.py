@@ -172,6 +172,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
 
 
 
+# The longest default test (about 75 s on 2 cores): with -m slow, to keep the default suite
+# under CI's 20 minutes. One process's SIGTERM is tested by default (test_reliability.py).
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
   """Only process 1 is signalled; JAX's preemption service makes both stop at the same
   step and save it together (no hang in the collective save), then the rerun resumes."""
