@@ -51,11 +51,11 @@ SEED0 = os.path.join(reproduction.REPO, 'experiments', 'results',
 def load_config(path):
   """The ConfigDict of 'configs/x.py' or 'configs/x.py:presets' (relative to the repo)."""
   path, _, arg = path.partition(':')
-  module = os.path.splitext(os.path.normpath(path))[0].replace(os.sep, '.')
-  return importlib.import_module(module).get_config(arg)
+  return config_module(path).get_config(arg)
 
 
 def config_module(path=CONFIG):
+  """The module of a config file 'configs/x.py' (relative to the repo)."""
   return importlib.import_module(os.path.splitext(os.path.normpath(path))[0].replace(os.sep, '.'))
 
 
