@@ -18,17 +18,18 @@ from alexnet_jax import preprocessing
 
 
 class Source(NamedTuple):
-  """One data format, as the rest of the code reads it."""
-  # (data, split=None) -> the dataset's own class names, label order (input_pipeline
+  """One data format, as the rest of the code reads it. `data` below is config.data."""
+  # (data, split=None) -> the dataset's own class names in label order (input_pipeline
   # applies config.data.class_names over them).
   class_names: Callable
   splits: Callable  # (data) -> the split names the dataset has.
   num_examples: Callable  # (data, split) -> examples in `split`, all processes together.
   describe: Callable  # (data) -> the dataset, in words.
   directory: Callable  # (data) -> the folder it lives in; the mean image is stored there.
-  # (data, split, *, train, seed, start_step, image_size, num_views, batch, rows,
-  # with_file_names) -> Batches of this process: rows (row, count) of each global batch
-  # of count * batch examples; see input_pipeline.create_split.
+  # (data, split, *, train, seed, start_step, image_size, num_views, batch, shard,
+  # with_file_names) -> Batches of this process: shard = (index, count) reads rows
+  # [index * batch, (index + 1) * batch) of each global batch of count * batch examples;
+  # see input_pipeline.create_split.
   create_split: Callable
   # What config.data.data_dir must name, in words; '' where it may be empty.
   data_dir: str = ''
@@ -53,25 +54,26 @@ def from_step(epoch, steps_per_epoch, start_step, per_step=1):
   return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip * per_step)
 
 
-def global_order(n, *, train, seed, rows, start_step, batch):
+def global_order(n, *, train, seed, shard, start_step, batch):
   """This process's (ids, positions) of each global batch, int64 [batch] each.
 
   Training: epoch e visits 0..n-1 in the permutation stateless_shuffle(seed, e), cut to
-  whole global batches; global batch k is its places [kB, (k+1)B) (B = rows[1] * batch),
-  and this process reads rows [row*batch, (row+1)*batch) of it. A position, the place in
-  the run (e * used + place), seeds the example's augmentation. The global batches do not
-  depend on the number of processes, and a run started at step N sees exactly the batches
-  an uninterrupted run saw. Evaluation: 0..n-1 once, the last global batch padded with
-  id -1.
+  whole global batches of B = count * batch; global batch k is its places [kB, (k+1)B),
+  and the process shard = (index, count) reads rows [index * batch, (index + 1) * batch)
+  of it. An example's position in the run (e * used + place) seeds its augmentation, so
+  the batches do not depend on the number of processes and a run resumed at step N sees
+  the batches an uninterrupted one saw. Evaluation: 0..n-1 once, the last global batch
+  padded with id -1.
 
-  Returns (tf.data.Dataset, the number of real examples of this process (evaluation)).
+  Returns (tf.data.Dataset, this process's number of real, non-padding examples;
+  None in training).
   """
-  row, num_rows = rows
-  global_batch = batch * num_rows
+  index, count = shard
+  global_batch = batch * count
 
-  def mine(ids):
-    """This process's rows of each global batch: [steps * global_batch] -> [steps, batch]."""
-    return tf.reshape(ids, [-1, num_rows, batch])[:, row]
+  def this_process_rows(ids):
+    """[steps * global_batch] -> [steps, batch]: this process's rows of each global batch."""
+    return tf.reshape(ids, [-1, count, batch])[:, index]
 
   if train:
     steps = n // global_batch
@@ -81,14 +83,16 @@ def global_order(n, *, train, seed, rows, start_step, batch):
       ids = tf.random.experimental.stateless_shuffle(
           tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
       positions = e * used + tf.range(used, dtype=tf.int64)
-      return tf.data.Dataset.from_tensor_slices((mine(ids[:used]), mine(positions)))
+      return tf.data.Dataset.from_tensor_slices(
+          (this_process_rows(ids[:used]), this_process_rows(positions)))
 
     return from_step(epoch, steps, start_step), None
   padded = -(-n // global_batch) * global_batch
   ids = tf.concat([tf.range(n, dtype=tf.int64), -tf.ones([padded - n], tf.int64)], 0)
-  real = int((np.arange(padded).reshape(-1, num_rows, batch)[:, row] < n).sum())
-  return tf.data.Dataset.from_tensor_slices((mine(ids), mine(tf.range(padded,
-                                                                     dtype=tf.int64)))), real
+  num_real = int((np.arange(padded).reshape(-1, count, batch)[:, index] < n).sum())
+  positions = tf.range(padded, dtype=tf.int64)
+  return tf.data.Dataset.from_tensor_slices(
+      (this_process_rows(ids), this_process_rows(positions))), num_real
 
 
 # ------------------------------------------------------------------------- decoding --
@@ -145,14 +149,14 @@ def eval_image(encoded, image_size, num_views, data):
 def _eval_example(ex, image_size, num_views, data):
   """Centre crop, or the ten views, of the 256 x 256 image; padding is zeros, mask False."""
   shape = [num_views, image_size, image_size, 3] if num_views > 1 else [image_size] * 2 + [3]
-  real = ex['position'] >= 0
+  is_real = ex['position'] >= 0
 
   def decode():
     return eval_image(_encoded(ex), image_size, num_views, data)
 
-  image = tf.cond(real, decode, lambda: tf.zeros(shape, tf.uint8))
+  image = tf.cond(is_real, decode, lambda: tf.zeros(shape, tf.uint8))
   image = tf.ensure_shape(image, shape)
-  return {'image': image, 'label': ex['label'], 'mask': real}
+  return {'image': image, 'label': ex['label'], 'mask': is_real}
 
 
 def decoded_batches(stream, data, *, train, seed, image_size, num_views, batch, total,
@@ -246,12 +250,12 @@ class Batches:
         self._missing(self._next_index, self._total)
       raise
     index = batch.pop('index')
-    real = index[index >= 0]
-    if len(real):
-      expected = np.arange(self._next_index, int(real[-1]) + 1)
-      if len(expected) != len(real):
-        self._missing_between(expected, real)
-      self._next_index = int(real[-1]) + 1
+    seen = index[index >= 0]  # Places of the real (non-padding) examples.
+    if len(seen):
+      expected = np.arange(self._next_index, int(seen[-1]) + 1)
+      if len(expected) != len(seen):
+        self._missing_between(expected, seen)
+      self._next_index = int(seen[-1]) + 1
     if not self._with_file_names:
       batch.pop('file_name', None)
     return batch

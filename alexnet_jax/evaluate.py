@@ -55,11 +55,12 @@ def _real_index(file_name, real):
   return int(match.group(1)) - 1
 
 
-def evaluate(workdir, data='', split='validation', views=1, batch_size=64, real=None,
+def evaluate(workdir, dataset='', split='validation', views=1, batch_size=64, real=None,
              step=None, progress=True):
-  """Scores the checkpoint in `workdir` on `split` of `data` (default: the run's data).
+  """Scores the checkpoint in `workdir` on `split` of `dataset`.
 
   Args:
+    dataset: an image folder root, records root or TFDS name; '' for the run's own data.
     real: ReaL labels (`real_labels`), or None.
   Returns:
     {'top1_error', 'top5_error', 'loss' (cross-entropy of the averaged softmax), 'count',
@@ -67,7 +68,7 @@ def evaluate(workdir, data='', split='validation', views=1, batch_size=64, real=
     'real_count' (images with a non-empty ReaL list).
   """
   model, params, config = inference.load(workdir, step)
-  data_config = inference.data_config(config, data)
+  data_config = inference.data_config(config, dataset)
   size = config.data.image_size
   batches = input_pipeline.create_split(
       data_config, split, global_batch_size=batch_size, train=False, image_size=size,

@@ -46,17 +46,19 @@ def extract(features_fn, params, batches, progress=True):
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def extract_split(workdir, layers, split='validation', data='', batch_size=64, step=None,
-                  progress=True):
-  """Features of every image of `split`; see the module docstring."""
+def extract_split(workdir, layers, split='validation', dataset='', batch_size=64,
+                  step=None, progress=True):
+  """Features of every image of `split` of `dataset` (a folder root, records root or TFDS
+  name; '' for the run's own data); see the module docstring."""
   model, params, config = inference.load(workdir, step)
-  data = inference.data_config(config, data)
+  data_config = inference.data_config(config, dataset)
   batches = input_pipeline.create_split(
-      data, split, global_batch_size=batch_size, train=False,
+      data_config, split, global_batch_size=batch_size, train=False,
       image_size=config.data.image_size, num_views=1, shard=(0, 1), with_file_names=True)
-  fn = inference.make_features_fn(model, layers, **inference.normalization(config, data))
+  fn = inference.make_features_fn(model, layers,
+                                  **inference.normalization(config, data_config))
   feats = extract(fn, params, batches, progress)
-  feats['class_names'] = np.array(input_pipeline.class_names(data, split))
+  feats['class_names'] = np.array(input_pipeline.class_names(data_config, split))
   return feats
 
 

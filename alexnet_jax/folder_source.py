@@ -122,7 +122,7 @@ def _why_bad(path):
 
 
 def create_split(data, split, *, train, seed, start_step, image_size, num_views, batch,
-                 rows, with_file_names):
+                 shard, with_file_names):
   """This process's batches of a folder split (data_source.Source.create_split)."""
   paths, labels = _list_folder(data, split)
   encoded_t, skipped = None, []
@@ -141,11 +141,11 @@ def create_split(data, split, *, train, seed, start_step, image_size, num_views,
                         else tf.constant(b'')),
             'position': tf.where(i >= 0, position, tf.constant(-1, tf.int64))}
 
-  order, real = data_source.global_order(len(paths), train=train, seed=seed, rows=rows,
-                                         start_step=start_step, batch=batch)
+  order, num_real = data_source.global_order(
+      len(paths), train=train, seed=seed, shard=shard, start_step=start_step, batch=batch)
   return data_source.decoded_batches(
       order.unbatch().map(lookup), data, train=train, seed=seed, image_size=image_size,
-      num_views=num_views, batch=batch, total=real, with_file_names=with_file_names,
+      num_views=num_views, batch=batch, total=num_real, with_file_names=with_file_names,
       describe=_why_bad, skipped=skipped)
 
 

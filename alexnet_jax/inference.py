@@ -43,21 +43,21 @@ def load(workdir, step=None, device=None):
   return model, params, config
 
 
-def data_config(config, data=''):
-  """The run's config.data, or the same with another folder root, records root (`prepare
-  records`) or TFDS dataset."""
-  data_config = config.data.copy_and_resolve_references()
-  if data:
-    data_config.dataset = input_pipeline.dataset_at(data)
-    data_config.data_dir = data if os.path.isdir(data) else ''
-  return data_config
+def data_config(config, dataset=''):
+  """The run's config.data, or a copy reading `dataset` instead: a folder root, records
+  root (`prepare records`) or TFDS name."""
+  data = config.data.copy_and_resolve_references()
+  if dataset:
+    data.dataset = input_pipeline.dataset_at(dataset)
+    data.data_dir = dataset if os.path.isdir(dataset) else ''
+  return data
 
 
-def normalization(config, data=None):
+def normalization(config, data_config=None):
   """{'mean', 'std', 'channel_order'}: how the checkpoint's network reads its images
-  (pixels.normalize), the mean from `data` (a data_config; default config.data).
-  Configs saved before channel_order existed read 'rgb'."""
-  data = config.data if data is None else data
+  (pixels.normalize), the mean from `data_config` (default config.data). Configs saved
+  before channel_order existed read 'rgb'."""
+  data = config.data if data_config is None else data_config
   return {'mean': jnp.asarray(input_pipeline.mean(data, config.data.image_size)),
           'std': config.data.std, 'channel_order': config.data.get('channel_order', 'rgb')}
 

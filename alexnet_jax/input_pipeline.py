@@ -149,5 +149,5 @@ def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
   index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
   return source(data).create_split(
       data, split, train=train, seed=seed, start_step=start_step, image_size=image_size,
-      num_views=num_views, batch=global_batch_size // count, rows=(index, count),
+      num_views=num_views, batch=global_batch_size // count, shard=(index, count),
       with_file_names=with_file_names)

@@ -166,15 +166,15 @@ def _open(data, split, image_size):
 
 
 def create_split(data, split, *, train, seed, start_step, image_size, num_views, batch,
-                 rows, with_file_names):
+                 shard, with_file_names):
   """This process's batches of a records split (data_source.Source.create_split)."""
   stored, labels = _open(data, split, image_size)
   n = stored.num_examples
-  if train and n < batch * rows[1]:
-    raise ValueError(f'The global batch size {batch * rows[1]} exceeds the {n} examples '
+  if train and n < batch * shard[1]:
+    raise ValueError(f'The global batch size {batch * shard[1]} exceeds the {n} examples '
                      f'of {split!r}.')
-  order, real = data_source.global_order(n, train=train, seed=seed, rows=rows,
-                                         start_step=start_step, batch=batch)
+  order, num_real = data_source.global_order(n, train=train, seed=seed, shard=shard,
+                                             start_step=start_step, batch=batch)
   order = order.enumerate()  # Batch k holds this process's stream places kB .. kB + B - 1.
   bad = {}  # File name -> why, filled by the reader; Batches names what went missing.
 
@@ -241,7 +241,7 @@ def create_split(data, split, *, train, seed, start_step, image_size, num_views,
   names = order.flat_map(lambda k, ids_positions: tf.data.Dataset.from_tensor_slices(
       tf.gather(names_t, tf.maximum(ids_positions[0], 0))))
   return data_source.Batches(
-      ds, names, data, with_file_names, total=None if train else real,
+      ds, names, data, with_file_names, total=None if train else num_real,
       describe=lambda name: bad.get(data_source.display_name(name), 'the reader left it out'),
       remedy=records.REWRITE)
 

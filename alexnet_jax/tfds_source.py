@@ -35,12 +35,12 @@ def num_examples(data, split):
 
 
 def create_split(data, split, *, train, seed, start_step, image_size, num_views, batch,
-                 rows, with_file_names):
+                 shard, with_file_names):
   """This process's even split of a TFDS split; eval padded to the largest split's batches
   (data_source.Source.create_split)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _builder(data)
-  index, count = rows
+  index, count = shard
   splits = tfds.even_splits(split, n=count, drop_remainder=False)
   sizes = [builder.info.splits[s].num_examples for s in splits]
   base = builder.as_dataset(split=splits[index], shuffle_files=False,
