@@ -1,9 +1,6 @@
-"""The device half of preprocessing, free of TensorFlow: `normalize` (jax.numpy, inside the
-jitted step), the means it subtracts, and the constants the tf.data half (preprocessing.py)
-shares with the device and the config checks.
-
-Synthetic data and the training step use only this module, so they run where TensorFlow is
-not installed.
+"""The device half of preprocessing: `normalize` (in the jitted step), the means it
+subtracts, and the constants preprocessing.py and the config checks share. Free of
+TensorFlow, so synthetic data and the step run where it is not installed.
 """
 
 import jax.numpy as jnp
@@ -12,15 +9,11 @@ import numpy as np
 # Per-channel RGB mean in 0-255 (cuda-convnet2 `make-data/input_meta`).
 CHANNEL_MEAN = (127.3, 119.7, 104.9)
 
-# PCA of ImageNet's RGB pixel values in 0-255, from the original code's data provider
-# (convdata.py: `color_pca` in the batch metadata; docs/reference.md, "Data").
-# PCA_STDDEVS[i] is the standard deviation (sqrt of the eigenvalue) along PCA_EIGVECS[:, i],
-# smallest first. PCA_EIGVECS holds the eigenvectors as COLUMNS: it is the transpose of the
-# 3x3 matrix printed in docs/reference.md, whose ROWS pair with [19.72, 37.09, 121.78].
-# Read the other way the model covariance has a negative red-blue correlation and misses
-# ImageNet's by 130%; read this way it matches the pixel covariance of Imagenette to 3%
-# and its largest component is the brightness axis -(0.564, 0.576, 0.592)
-# (tests/test_preprocessing.py checks both).
+# PCA of ImageNet's RGB pixels in 0-255, from the original code (convdata.py, `color_pca`;
+# docs/reference.md, "Data"). PCA_STDDEVS[i], smallest first, is the standard deviation
+# along PCA_EIGVECS[:, i]: the eigenvectors are COLUMNS here, the transpose of the matrix
+# printed in docs/reference.md, whose rows pair with the stddevs. Read this way the largest
+# component is the brightness axis (tests/test_preprocessing.py checks both readings).
 PCA_STDDEVS = (19.72, 37.09, 121.78)
 PCA_EIGVECS = ((0.418, -0.713, -0.564),
                (-0.817, -0.024, -0.576),
@@ -39,12 +32,10 @@ CHANNEL_ORDERS = ('rgb', 'bgr')
 
 def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32, std=1.0,
               channel_order='rgb'):
-  """(images + lighting - mean) / std, on the device (jax.numpy, inside the jitted step).
+  """(images + lighting - mean) / std, on the device; RGB in, channel_order out.
 
-  With std 1 pixels stay in 0-255 units: the paper only subtracts the mean (Section 2).
-  He initialisation assumes unit-variance inputs: divide by the pixels' std (57.7).
-  Images, lighting, mean and std are RGB; channel_order='bgr' reverses the channels of
-  the result last, for networks that read BGR (Caffe's).
+  std 1 keeps 0-255 units, as the paper (Section 2); He initialisation wants the pixels'
+  std (config.data.std). channel_order='bgr' reverses the result's channels (Caffe's).
 
   Args:
     images: uint8 [b, ..., h, w, 3], e.g. [b, h, w, 3] or [b, 10, h, w, 3] for eval views.
@@ -71,14 +62,8 @@ def normalize(images, lighting=None, mean=CHANNEL_MEAN, dtype=jnp.float32, std=1
 
 
 def mean_image(images):
-  """The mean image over a split (Section 2), accumulated in float64.
-
-  Args:
-    images: iterable of uint8 arrays, each [h, w, 3] or a batch [b, h, w, 3] (the
-      256 x 256 stored images).
-  Returns:
-    float32 [h, w, 3].
-  """
+  """The mean image over a split (Section 2), accumulated in float64: an iterable of
+  uint8 [h, w, 3] or [b, h, w, 3] (the stored images) -> float32 [h, w, 3]."""
   total, count = None, 0
   for x in images:
     x = np.asarray(x)
@@ -97,15 +82,8 @@ def mean_image(images):
 
 
 def mean_for_crop(mean, size):
-  """The centre size x size patch of a mean image, which the original code subtracts
-  from every crop (convdata.py: `data_mean_crop`).
-
-  Args:
-    mean: [h, w, 3] (256 x 256).
-    size: side of the crops (224).
-  Returns:
-    [size, size, 3], same type.
-  """
+  """The centre of a mean image [h, w, 3] -> [size, size, 3], same type: what the original
+  code subtracts from every crop (convdata.py, `data_mean_crop`)."""
   h, w = mean.shape[:2]
   if min(h, w) < size:
     raise ValueError(f'mean image {h}x{w} is smaller than the {size}x{size} crop.')

@@ -1,20 +1,14 @@
-"""Per-image preprocessing: small pure functions of one example (paper Sections 2 and 4.1).
+"""Per-image preprocessing in tf ops for tf.data's map (paper Sections 2 and 4.1).
 
-The tf ops are graph-safe and meant for ``tf.data`` ``.map``; input_pipeline.py composes
-them. Images stay uint8 [h, w, 3] RGB in 0-255 until ``normalize``, which runs in
-jax.numpy on the device inside the jitted step, so batches cross to the device as bytes.
+Images stay uint8 [h, w, 3] RGB until pixels.normalize, on the device in the step, so
+batches cross to the device as bytes.
 
   train: decode_rgb -> resize_shorter_and_center_crop(256) -> random_crop_and_flip(224)
          (or the fused decode_and_random_crop), plus a per-image pca_lighting offset
   eval:  decode_rgb -> resize_shorter_and_center_crop(256) -> ten_views or center_crop
-  step:  pixels.normalize(images, lighting, mean), in jax.numpy (pixels.py)
 
-Caffe's replication (config.data.resize_mode='warp') resizes to 256 x 256 ignoring the
-aspect ratio (warp_resize) where the paper keeps it, and its network reads BGR
-(normalize's channel_order).
-
-Randomness is stateless: every random op takes a [2] int seed, so a pipeline that derives
-one seed per example (and epoch) is deterministic.
+config.data.resize_mode='warp' (Caffe's) uses warp_resize instead of the aspect-keeping
+resize. Every random op takes a stateless int [2] seed, so the output is a function of it.
 """
 
 import tensorflow as tf
@@ -23,18 +17,11 @@ from alexnet_jax import pixels
 
 
 def decode_rgb(image_bytes):
-  """Decodes a JPEG (RGB, grayscale or CMYK), PNG, GIF, BMP or WebP to RGB.
+  """Decodes a JPEG (RGB, grayscale or CMYK), PNG, GIF, BMP or WebP to three RGB channels.
 
-  ImageNet holds CMYK and grayscale JPEGs and one PNG named .JPEG; all come out as three
-  RGB channels. EXIF orientation tags are ignored: pixels come out as stored, as TFDS, PIL's
-  Image.open and the original code read ImageNet (its labels and boxes refer to them). Bytes that are not an image, or a truncated JPEG, raise
-  tf.errors.InvalidArgumentError when the op runs ('Unknown image file format...',
-  'jpeg::Uncompress failed...'); TF returns no partial image.
-
-  Args:
-    image_bytes: scalar tf.string.
-  Returns:
-    uint8 [h, w, 3].
+  EXIF orientation is ignored, as TFDS, PIL and the original code read ImageNet. Bytes
+  that are not an image, or a truncated JPEG, raise tf.errors.InvalidArgumentError when
+  the op runs; there is no partial image. Scalar tf.string -> uint8 [h, w, 3].
   """
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   image.set_shape([None, None, 3])
@@ -67,16 +54,9 @@ def _check_size(image, size):
 def resize_shorter_and_center_crop(image, size=256, antialias=True):
   """The paper's stored format (Section 2): shorter side to `size`, then the centre patch.
 
-  Resizing is bilinear with antialiasing (a triangle filter widened when shrinking, like
-  PIL's BILINEAR), so a downscaled image does not alias. An image already at the new size
-  is passed through unchanged.
-
-  Args:
-    image: uint8 [h, w, 3].
-    size: side of the output.
-    antialias: False gives plain bilinear interpolation.
-  Returns:
-    uint8 [size, size, 3].
+  Bilinear with antialiasing (like PIL's BILINEAR), so a downscaled image does not alias;
+  an image already at the new size passes through unchanged (antialias=False: plain
+  bilinear). uint8 [h, w, 3] -> uint8 [size, size, 3].
   """
   shape = tf.shape(image)
   new_h, new_w = _shorter_side_shape(shape[0], shape[1], size)
@@ -90,13 +70,8 @@ def resize_shorter_and_center_crop(image, size=256, antialias=True):
 def warp_resize(image, size=256):
   """Caffe's stored format: the whole image resized to size x size, aspect ratio ignored.
 
-  Plain bilinear interpolation without antialiasing, as OpenCV's cv::resize (INTER_LINEAR)
-  that Caffe's convert_imageset uses; an image already size x size is passed through.
-
-  Args:
-    image: uint8 [h, w, 3].
-  Returns:
-    uint8 [size, size, 3].
+  Bilinear without antialiasing, as Caffe's convert_imageset (OpenCV INTER_LINEAR); an
+  image already size x size passes through. uint8 [h, w, 3] -> uint8 [size, size, 3].
   """
   shape = tf.shape(image)
   resized = tf.cond(
@@ -121,10 +96,9 @@ def _flip_if(image, seed):
 
 
 def random_crop_and_flip(image, size, seed, flip=True):
-  """A random size x size patch and its horizontal reflection (Section 4.1).
+  """A random size x size patch, mirrored with probability 1/2 (Section 4.1).
 
-  The position is uniform over all windows inside the image; the reflection has
-  probability 1/2. Both come from the stateless `seed`: the same seed gives the same patch.
+  The position is uniform over all windows in the image; both draws come from `seed`.
   (The original code draws one position and flip per 32 images; here each image draws.)
 
   Args:
@@ -146,17 +120,11 @@ def random_crop_and_flip(image, size, seed, flip=True):
 def decode_and_random_crop(image_bytes, size, seed, resize_size=256, flip=True):
   """Fused decode_rgb -> resize_shorter_and_center_crop -> random_crop_and_flip.
 
-  For a JPEG, the chosen window of the resized image is mapped back to the source and only
-  that region (plus a few pixels of the filter's support) is decoded, with
-  tf.image.decode_and_crop_jpeg, then resampled on the same grid as the full resize. For
-  the same seed the result equals the unfused path's (up to float rounding, at most 1 in
-  rare pixels), so the distribution of windows is the same. A truncated JPEG, which
-  decode_rgb rejects, raises here only if the decoded region reaches the missing rows;
-  a window above them comes out as the intact image's. A JPEG already at the stored
-  size is decoded whole and cropped, as a cropped decode saves nothing there; other
-  formats (ImageNet's PNG) take the unfused path. Use it on full-size JPEGs (TFDS
-  imagenet2012 stores the originals): it takes about 25-30% less CPU than the unfused
-  path on 500x375 to 800x600 JPEGs.
+  For a full-size JPEG (TFDS imagenet2012 stores the originals) only the chosen window's
+  source region is decoded, then resampled on the full resize's grid: for the same seed
+  the unfused path's result, up to 1 in rare pixels. A truncated JPEG raises only if the
+  region reaches its missing rows. JPEGs already at the stored size are decoded whole;
+  other formats take the unfused path.
 
   Args:
     image_bytes: scalar tf.string.
@@ -199,8 +167,7 @@ def decode_and_random_crop(image_bytes, size, seed, resize_size=256, flip=True):
           kernel_type='triangle', antialias=True)[0])
 
     def decode_all():
-      # Already at the stored size (e.g. 256 x 256): nothing to resample, and a cropped
-      # decode is no faster than a full one there.
+      # Already at the stored size: nothing to resample, and nothing saved by a crop.
       image = tf.io.decode_jpeg(image_bytes, channels=3)
       return tf.slice(image, tf.concat([start, [0]], 0), [size, size, 3])
 
@@ -212,13 +179,9 @@ def decode_and_random_crop(image_bytes, size, seed, resize_size=256, flip=True):
 
 
 def lighting_offset(alpha):
-  """The PCA lighting offset sum_i alpha_i * PCA_STDDEVS[i] * PCA_EIGVECS[:, i]
-  (pixels.py).
+  """The PCA lighting offset sum_i alpha_i * PCA_STDDEVS[i] * PCA_EIGVECS[:, i] (pixels.py).
 
-  Args:
-    alpha: float32 [..., 3], one coefficient per principal component.
-  Returns:
-    float32 [..., 3], an RGB offset in 0-255 units.
+  alpha: float32 [..., 3], a coefficient per component -> float32 [..., 3], RGB in 0-255.
   """
   vecs = tf.constant(pixels.PCA_EIGVECS, tf.float32)
   return tf.linalg.matvec(vecs, alpha * tf.constant(pixels.PCA_STDDEVS, tf.float32))
@@ -227,18 +190,9 @@ def lighting_offset(alpha):
 def pca_lighting(seed, std=0.1):
   """A random PCA lighting offset for one image (Section 4.1, 'altering the intensities').
 
-  alpha_i ~ N(0, std) drawn from the stateless `seed`; the offset is added to every pixel
-  (in 0-255 units) by `normalize` on the device. With the constants above the offset's
-  covariance is sum_i (std * PCA_STDDEVS[i])^2 p_i p_i^T: std 12.2 along brightness.
-  (The original code also divides the image by 1 + std afterwards; the paper does not.)
-
-  The widely used fb.resnet.torch constants (eigval 0.2175, 0.0188, 0.0045; eigvec
-  columns (-0.5675, -0.5808, -0.5836), (0.7192, -0.0045, -0.6948), (0.4009, -0.8140,
-  0.4203)) are the same components, largest first, with some signs flipped (alpha is
-  symmetric, so signs do not matter), for pixels in 0-1; their eigval are variances:
-  255 * sqrt(eigval) = 118.9, 35.0, 17.1 against 121.78, 37.09, 19.72 here. That code
-  multiplies alpha by the variance rather than the standard deviation, so its offsets are
-  smaller: 0.1 * 0.2175 * 255 = 5.5 along brightness against 12.2 here.
+  alpha_i ~ N(0, std) from `seed`; pixels.normalize adds the offset to every pixel on the
+  device. (The original code also divides the image by 1 + std; the paper does not.
+  fb.resnet.torch's constants scale alpha by variances: docs/reference.md.)
 
   Args:
     seed: int [2].
@@ -250,13 +204,8 @@ def pca_lighting(seed, std=0.1):
 
 
 def center_crop(image, size):
-  """The centre size x size patch (offsets rounded down, as the original code's).
-
-  Args:
-    image: [h, w, c] with h, w >= size.
-  Returns:
-    [size, size, c], same dtype.
-  """
+  """The centre patch, offsets rounded down as the original code's: [h, w, c] with h, w >=
+  size -> [size, size, c], same dtype."""
   shape = tf.shape(image)
   with tf.control_dependencies([_check_size(image, size)]):
     top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
@@ -264,16 +213,9 @@ def center_crop(image, size):
 
 
 def ten_views(image, size):
-  """The paper's ten test patches: four corners and centre, then their reflections.
-
-  Order: top-left, top-right, centre, bottom-left, bottom-right (pixels.VIEWS), then the same
-  five mirrored left-right. The network's softmax outputs are averaged over them.
-
-  Args:
-    image: uint8 [h, w, 3] (256 x 256 in the paper).
-    size: side of each view (224).
-  Returns:
-    uint8 [10, size, size, 3].
+  """The paper's ten test patches (Section 4.1): top-left, top-right, centre, bottom-left,
+  bottom-right (pixels.VIEWS), then the same five mirrored. uint8 [h, w, 3] (256 x 256 in
+  the paper) -> uint8 [10, size, size, 3] (size 224).
   """
   shape = tf.shape(image)
   with tf.control_dependencies([_check_size(image, size)]):
