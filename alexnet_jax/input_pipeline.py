@@ -6,24 +6,20 @@ Each format is a module that builds one data_source.Source, named in SOURCES:
                the fast way to train.
   a TFDS name  any other name, e.g. 'imagenet2012' (tfds_source.py).
 
-Batches are dicts of NumPy arrays. Training: {'image': uint8 [b, s, s, 3] (random crop and
-flip of the 256 x 256 image), 'lighting': float32 [b, 3] (PCA lighting offsets, added on
-the device by pixels.normalize), 'label': int32 [b]}. Evaluation: {'image': uint8
-[b, s, s, 3] (centre) or [b, views, s, s, 3] (the paper's ten views), 'label', 'mask':
-bool [b]}; the last batch is padded with mask False, so every example counts exactly once.
-b is this process's share of the global batch.
+Batches are dicts of NumPy arrays, b = this process's share of the global batch.
+Training: {'image': uint8 [b, s, s, 3] (random crop and flip), 'lighting': float32 [b, 3]
+(PCA offsets, added by pixels.normalize), 'label': int32 [b]}. Evaluation: {'image': uint8
+[b, s, s, 3] (centre) or [b, 10, s, s, 3] (the paper's ten views), 'label', 'mask': bool
+[b]}; the last batch is padded with mask False, so every example counts once.
 
-Order and augmentation are functions of the seed and the example's position only
-(data_source.global_order): a run started at step N sees exactly the batches an
-uninterrupted run saw from step N, whatever the number of processes. Records give the
-batches of the folder they were prepared from. TFDS datasets are read sequentially, each
-process its own even split through a seeded shuffle buffer.
+Order and augmentation are functions of the seed and each example's position
+(data_source.global_order), so a run resumed at step N sees the batches an uninterrupted
+one saw, whatever the number of processes; records give the batches of the folder they
+were prepared from. TFDS datasets are read sequentially, each process its own even split.
 
-Bad images (`config.data.on_bad_image`): an image that fails to decode is dropped from the
-stream; 'error' then raises ValueError naming the file, 'skip' logs it and counts it in
-`Batches.skipped`. ImageNet's CMYK and grayscale JPEGs and its PNG named .JPEG decode to
-RGB (preprocessing.decode_rgb). A record that cannot be read or fails its checksum is a
-bad image too (dropped in training, masked in evaluation).
+An image that fails to read or decode (or a record that fails its checksum) is dropped;
+config.data.on_bad_image='error' raises ValueError naming it, 'skip' logs and counts it
+(`Batches.skipped`).
 """
 
 import importlib
@@ -34,10 +30,9 @@ import numpy as np
 
 from alexnet_jax import pixels
 
-# config.data.dataset -> the module of its format; any other name is a TFDS dataset
-# (TFDS_SOURCE). A directory is read by the first format that holds it (features --data):
-# 'folder' holds any, so it is last. A format's module (and TensorFlow with it) is imported
-# when the format is first used, so synthetic data and the step run without TensorFlow.
+# config.data.dataset -> its format's module; any other name is TFDS (TFDS_SOURCE). A
+# directory is read by the first format that holds it, so 'folder' (which holds any) is
+# last. Modules import (with TensorFlow) on first use: synthetic data needs no TensorFlow.
 SOURCES = {
     'records': 'alexnet_jax.records_source',
     'folder': 'alexnet_jax.folder_source',
@@ -135,15 +130,15 @@ def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
     data: config.data.
     split: split name ('train', 'validation', or a sub-folder name).
     global_batch_size: examples per step over all processes; this process gets
-      global_batch_size // shard count of them.
-    train: True: augmented, shuffled, endless, epoch-aligned (num_examples //
-      global_batch_size steps per epoch); False: one pass, padded and masked.
-    seed: order and augmentation.
+      global_batch_size // count of them.
+    train: True: augmented, shuffled, endless, num_examples // global_batch_size steps an
+      epoch; False: one pass, padded and masked.
+    seed: of the order and the augmentation.
     start_step: the first training step's batch (resume).
     image_size: crop side.
-    num_views: evaluation views, 1 (centre) or 10 (corners, centre and mirrors).
-    shard: (index, count) of this process among the readers of different data;
-      default (jax.process_index(), jax.process_count()).
+    num_views: evaluation views, 1 (centre) or 10.
+    shard: (index, count): this process reads rows [index * b, (index + 1) * b) of each
+      global batch; default (jax.process_index(), jax.process_count()).
     with_file_names: also yield 'file_name' (bytes [b]).
   """
   index, count = shard if shard is not None else (jax.process_index(), jax.process_count())

@@ -1,14 +1,8 @@
-"""The optimizer: SGD with momentum and weight decay in the paper's form, and its schedules.
+"""SGD with momentum and weight decay in the paper's form (Section 5), and its schedules.
 
-Section 5 of the paper: batch 128, momentum 0.9, weight decay 5e-4, learning rate 0.01,
-divided by 10 when the validation error stops improving (three times in all). The original
-code (layer-params-145.cfg) applies weight decay to weights only and gives biases twice the
-learning rate (config.bias_lr_multiplier = 2.0 in the 'original_code' preset).
-
-The learning rate is the product of two hyperparameters kept in the optimizer state:
-`learning_rate`, a function of the step (the schedule), and `lr_scale`, a multiplier the
-training loop writes between steps from the plateau schedule's state (`set_lr_scale`),
-so the train step stays a pure function of (state, batch).
+The learning rate is schedule(step) * lr_scale, both hyperparameters in the optimizer
+state; the loop writes lr_scale from the plateau state between steps (`set_lr_scale`), so
+the train step stays a pure function of (state, batch).
 """
 
 import functools
@@ -40,16 +34,12 @@ def create_learning_rate_fn(config, steps_per_epoch):
   """The base learning rate as a function of the step (0-based count of updates done).
 
   config.schedule:
-    'plateau'  constant config.learning_rate; the drops come from `create_plateau`,
-               driven by the validation error, through the optimizer's `lr_scale`.
-    'epochs'   divided by 10 at the start of each epoch in config.lr_drop_epochs (the
-               original code: 0.01 for epochs 0-24, 1e-3 from 25, 1e-4 from 51, 1e-5
-               from 79; it stops at 91).
-    'step'     divided by 10 every config.lr_step_epochs epochs (torchvision: 30).
-    'cosine'   linear warm-up from 0 over config.warmup_epochs, then cosine decay to 0 at
-               `total_steps`. For large batches the peak is linearly scaled (Goyal et al.
-               2017): config.learning_rate * config.batch_size / 128, 128 being the
-               paper's batch. Only this schedule scales the learning rate.
+    'plateau'  constant; the drops come from `create_plateau` through `lr_scale`.
+    'epochs'   divided by 10 at each epoch of config.lr_drop_epochs (the original code's).
+    'step'     divided by 10 every config.lr_step_epochs epochs (torchvision's).
+    'cosine'   linear warm-up over config.warmup_epochs, then cosine decay to 0 at
+               `total_steps`; the only one whose peak scales with the batch (Goyal et al.
+               2017): config.learning_rate * config.batch_size / 128.
   """
   lr = config.learning_rate
   if config.schedule == 'plateau':
@@ -90,21 +80,14 @@ def create_optimizer(config, learning_rate_fn):
   """SGD with momentum in the paper's form: v <- m v - eps (wd W + g); W <- W + v.
 
   m = config.momentum, wd = config.weight_decay (kernels only), eps = learning_rate_fn(step)
-  * lr_scale for kernels and that times config.bias_lr_multiplier for biases. The chain is
-  add_decayed_weights -> scale_by_learning_rate -> (biases) scale -> trace, followed by
-  optax.apply_updates. Because the gradient is scaled by -eps BEFORE the momentum trace,
-  the chain is exactly the paper's update v <- m v - eps (wd W + g), W <- W + v, also at a
-  step where eps changes: past steps stay in the velocity at the eps they were taken with.
-  optax.sgd(eps, momentum) traces first and scales after (v <- m v + g; W <- W - eps v);
-  it equals the paper's form while eps is constant, but at the step where eps changes it
-  rescales the whole accumulated velocity by the new eps (a drop by 10 shrinks the step
-  tenfold at once instead of letting the old velocity decay). tests/test_optimizer.py
-  pins both facts against a NumPy version of the paper's update.
+  * lr_scale, times config.bias_lr_multiplier for biases. The gradient is scaled by -eps
+  before the momentum trace, so when eps drops the velocity keeps the steps already taken
+  at their old eps; optax.sgd traces first and would rescale all of it at once
+  (tests/test_optimizer.py pins both against NumPy).
 
-  The state is optax.inject_hyperparams's: `hyperparams['learning_rate']` is the base rate
-  the last update used (before any update: the first one's), `hyperparams['lr_scale']`
-  (default 1.0) the plateau multiplier; the momentum (key 'trace') has the parameters'
-  shapes, every other leaf is a scalar.
+  State: optax.inject_hyperparams's, with hyperparams 'learning_rate' (the base rate the
+  last update used) and 'lr_scale' (1.0 until the plateau drops); the momentum ('trace')
+  has the parameters' shapes, every other leaf is a scalar.
   """
 
   def sgd_paper_form(learning_rate, lr_scale):
@@ -127,21 +110,15 @@ def set_lr_scale(opt_state, scale):
 
 
 def current_learning_rate(opt_state):
-  """The weights' learning rate (schedule x lr_scale) of the update that made opt_state.
-
-  Pass the state after the update to log the rate that update used.
-  """
+  """The weights' learning rate (schedule x lr_scale) of the update that made opt_state."""
   return opt_state.hyperparams['learning_rate'] * opt_state.hyperparams['lr_scale']
 
 
 def create_plateau(config):
   """The paper's "divide by 10 when the validation error stops improving", at most
-  config.plateau_max_drops times (the paper: three).
-
-  optax.contrib.reduce_on_plateau fed one evaluation's top-1 error at a time: after
-  config.plateau_patience evaluations in a row without improvement (relative tolerance
-  1e-4) the scale is multiplied by 0.1; min_scale = 0.1 ** plateau_max_drops stops it
-  after that many drops. The state (a NamedTuple of scalars) goes into checkpoints.
+  config.plateau_max_drops times (the paper: three): optax.contrib.reduce_on_plateau fed
+  each evaluation's top-1 error, dropping after config.plateau_patience evaluations without
+  improvement. Its state, scalars, goes into checkpoints.
   """
   factor = 0.1
   return optax.contrib.reduce_on_plateau(factor=factor, patience=config.plateau_patience,
