@@ -1,9 +1,8 @@
 """TensorFlow's stateless random ops in NumPy, for a batch of seeds at once, bit for bit.
 
-`tf.random.stateless_*` take one seed [2] per call, so drawing each example's crop, flip
-and lighting from its own seed costs a tf.data pipeline about 30 small ops per example
-(90-120 us an example on the development CPU, benchmarks/NOTES.md item 16.2). These compute
-the same numbers for a whole batch of seeds at once, in a few hundred NumPy operations:
+`tf.random.stateless_*` take one seed [2] per call, so per-example draws cost tf.data
+dozens of small ops an example (benchmarks/NOTES.md, item 16.2). These compute the same
+numbers for a whole batch of seeds in a few NumPy operations:
 
   fold_in(seed, data)      tf.random.experimental.stateless_fold_in
   split(seeds, num)        tf.random.experimental.stateless_split
@@ -12,13 +11,10 @@ the same numbers for a whole batch of seeds at once, in a few hundred NumPy oper
   samples(seeds, calls)    the raw 32-bit samples behind them, for drawing from several
                            groups of seeds in one pass (pass them on as `bits`)
 
-with TF's CPU algorithm ('auto_select' is Philox-4x32-10 there): the seed scrambled into
-a key and counter as StatelessRandomGetKeyCounter does, Philox's 10 rounds, and the
-distributions of StatelessRandomUniformFullIntV2, StatelessRandomUniformIntV2 (the 32-bit
-sample modulo the range) and StatelessRandomNormalV2 (Box-Muller in float32, with the C
-library's logf, sinf and cosf, which TF's kernel calls: NumPy's own float32 functions
-differ in the last bit for about a fifth of the values). tests/test_stateless_random.py
-checks every function against TensorFlow.
+with TF's CPU algorithm (Philox-4x32-10, the seed scrambled as StatelessRandomGetKeyCounter
+does) and its distributions; the normals call the C library's logf, sinf and cosf, as TF's
+kernel does, since NumPy's float32 functions differ in the last bit.
+tests/test_stateless_random.py checks every function against TensorFlow.
 
 Seeds are int64 [n, 2] (one TF seed a row).
 """
