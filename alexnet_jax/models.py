@@ -5,38 +5,27 @@ channels are split in two halves; conv2, conv4 and conv5 read only their own col
 maps, conv3 and fc6-fc8 read both. LRN's window stays inside a column too, except in
 Caffe's replication (``lrn_across_columns``; configs/alexnet.py preset 'caffe').
 
-One parameter layout serves every way of running the network. The last axis of every
-kernel and bias (output channels or units) is [column 0 | column 1]; the kernels of the
-column-local layers hold the input channels of one column, as a grouped convolution's do
-(conv2: [5, 5, 48, 256]). So:
+One parameter layout serves every way of running it: the last axis of every kernel and
+bias is [column 0 | column 1], and a column-local layer's kernel holds one column's input
+channels, as a grouped convolution's (conv2: [5, 5, 48, 256]).
 
-* On one device (``model_axis=None``) both columns are computed locally. The column-local
-  layers run as two convolutions over the channel halves (``group_impl='split'``) or as one
-  grouped convolution (``group_impl='feature_group'``).
-* Inside ``jax.shard_map`` over a mesh axis of size 2 (``model_axis='model'``), every
-  parameter is sharded on its last axis, so each device holds one column, exactly as the
-  paper's two GPUs did. Column-local layers need no communication; the layers that cross
-  columns all-gather their input along channels first.
+* One device (``model_axis=None``): both columns locally, the column-local layers as two
+  convolutions (``group_impl='split'``) or one grouped one (``'feature_group'``).
+* ``jax.shard_map`` over a mesh axis of size 2 (``model_axis='model'``): every parameter
+  sharded on its last axis, a column per device as on the paper's two GPUs; the layers
+  that cross columns all-gather their input along channels first.
 
-Named activations (``LAYERS``) come from the same definition, for feature extraction:
-``model.apply(variables, x, train=False, return_features=True)`` returns a dict of them.
+``model.apply(variables, x, train=False, return_features=True)`` returns the named
+activations (``LAYERS``), for feature extraction.
 
-Three ops have two implementations, the same values and gradients (tests/test_models.py):
-hand-written ones, chosen by measurements on a 2-core CPU, and XLA's own, which XLA can
-fuse and which support forward mode (``jax.jvp``):
-
-* ``lrn_impl``: 'custom', a hand-written gradient (``jax.custom_vjp``), or 'xla', autodiff
-  of the same formula;
-* ``pool_impl``: 'custom', a hand-written gradient of the max pool, or 'xla', flax's
-  ``nn.max_pool`` (``reduce_window``, differentiated into ``select_and_scatter_add``);
-* ``group_impl``: 'split', two convolutions, or 'feature_group', one grouped convolution.
-
-Each is 'auto' by default: ``IMPLS`` by the platform the program is lowered for, from
-``python -m benchmarks.paths`` (benchmarks/NOTES.md, item 14). 'auto' is decided at
-lowering (``lax.platform_dependent``), not by the backend of the process that traces: a
-step lowered for 'cuda' or 'tpu' on a CPU host holds that platform's ops. The 'custom'
-paths support reverse mode (``jax.grad``, ``jax.vjp``) only; so does 'auto' wherever a
-platform's choice is 'custom' (forward mode traces every platform's branch).
+Three ops have two implementations with the same values and gradients
+(tests/test_models.py): hand-written ones for the CPU, reverse mode only, and XLA's own,
+which XLA can fuse and which support ``jax.jvp``: ``lrn_impl`` ('custom' or 'xla'),
+``pool_impl`` ('custom' or 'xla', flax's ``nn.max_pool``) and ``group_impl`` ('split' or
+'feature_group'). Each is 'auto' by default: ``IMPLS`` for the platform the program is
+lowered for (``lax.platform_dependent``), not the tracing process's backend, so a step
+lowered for 'cuda' on a CPU host holds the GPU's ops. 'auto' is reverse mode only where a
+platform's choice is 'custom'.
 """
 
 import functools
@@ -73,8 +62,8 @@ GROUP_IMPLS = ('auto', 'split', 'feature_group')
 # XLA's own ops: LRN and max pool by autodiff, the grouped convolution.
 XLA_IMPLS = {'lrn_impl': 'xla', 'pool_impl': 'xla', 'group_impl': 'feature_group'}
 # 'auto' by the platform lowered for (`by_platform`). CPU: the faster of each pair in the
-# training step on a 2-core CPU (benchmarks/NOTES.md, item 14). Other platforms (cuda,
-# rocm, tpu): XLA's own ops, the conventional choice that lets XLA fuse; not measured.
+# training step (`python -m benchmarks.paths`; benchmarks/NOTES.md, item 14). Other
+# platforms: XLA's own ops, the conventional choice that lets XLA fuse; not measured.
 IMPLS = {
     'cpu': {'lrn_impl': 'xla', 'pool_impl': 'custom', 'group_impl': 'split'},
 }
@@ -118,19 +107,16 @@ def local_response_norm(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, groups=1,
   """Local response normalisation across channels (paper Section 3.3).
 
   y_i = x_i * (k + alpha / size * sum_{j in window(i)} x_j^2) ** -beta, the window of
-  ``size`` channels centred on i and clipped at the ends of the channel axis. ``alpha`` is
-  in the original code's, Caffe's and PyTorch's convention (divided by ``size``); the
-  paper's text read literally is ``alpha = 5e-4`` for size 5.
+  ``size`` channels centred on i, clipped at the channel axis's ends. ``alpha`` is in the
+  original code's, Caffe's and PyTorch's convention (divided by ``size``); the paper's
+  text read literally is ``alpha = 5e-4`` for size 5.
 
   Args:
     x: [..., channels].
-    groups: the channel axis is split into this many equal groups (the columns) and the
-      window never crosses a group's ends, as in the original code.
-    impl: 'custom', the gradient written by hand (``_lrn``; reverse mode only), or
-      'xla', autodiff of the same formula (``_lrn_formula``), or 'auto' (by platform,
-      ``by_platform``). The hand-written gradient was ~5x faster than autodiff of an
-      earlier formula (shifted slices and ``pow``; benchmarks/NOTES.md item 1); autodiff
-      of this one is as fast (item 14).
+    groups: equal channel groups (the columns) the window never crosses, as the original
+      code's.
+    impl: 'custom' (a hand-written gradient, reverse mode only), 'xla' (autodiff of the
+      same formula) or 'auto' (``by_platform``); benchmarks/NOTES.md, items 1 and 14.
   Returns:
     Same shape and dtype as x; the normaliser is computed in float32.
   """
@@ -157,7 +143,7 @@ def _channel_window_sum(v, size, groups, transpose=False):
 
 
 def _power(s, beta):
-  """s ** beta; the paper's beta = 0.75 as sqrt(s) * sqrt(sqrt(s)), ~3x faster than pow."""
+  """s ** beta; the paper's beta = 0.75 as sqrt(s) * sqrt(sqrt(s)), cheaper than pow."""
   if beta == 0.75:
     r = jnp.sqrt(s)
     return r * jnp.sqrt(r)
@@ -212,12 +198,11 @@ def _pool_windows(x, window, stride):
 def max_pool(x, window, stride, impl='custom'):
   """'VALID' max pooling of x [b, h, w, c] -> [b, (h - window) // stride + 1, ..., c].
 
-  impl 'xla' is flax's ``nn.max_pool``: XLA's reduce_window, differentiated into
-  select_and_scatter_add. impl 'custom' has the same values and gradient (the first
-  maximum of each window in row-major order takes it, as select_and_scatter and PyTorch
-  route it), with the gradient built from slices and pads: XLA:CPU's select_and_scatter
-  was 2-10x slower (benchmarks/NOTES.md, item 2). Reverse mode only. 'auto': by platform
-  (``by_platform``).
+  impl 'xla': flax's ``nn.max_pool`` (reduce_window, differentiated into
+  select_and_scatter_add). 'custom': the same values and gradient (the first maximum of
+  each window, row-major, takes it, as in PyTorch), the gradient built from slices and
+  pads, which XLA:CPU runs faster (benchmarks/NOTES.md, item 2); reverse mode only.
+  'auto': ``by_platform``.
   """
   def make(impl):
     if impl == 'xla':
@@ -228,8 +213,8 @@ def max_pool(x, window, stride, impl='custom'):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool(x, window, stride):
-  # XLA's reduce_window, which XLA materialises once (a max of strided slices was
-  # recomputed inside each consumer: conv2's column splits and kernel-gradient transposes).
+  # XLA's reduce_window, which XLA materialises once rather than recomputing it inside
+  # each consumer (benchmarks/NOTES.md, item 13).
   return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, window, window, 1),
                            (1, stride, stride, 1), 'VALID')
 
