@@ -1,22 +1,18 @@
-"""Process settings for training on the CPU, measured on the 2-core CPU this project is
-benchmarked on (benchmarks/NOTES.md items 10, 12 and 14.1). Importing this module changes
-nothing: an entry point that wants them calls `apply()` before its first JAX computation
-(console.app_main does, for every command-line tool; so do the benchmarks and the tests'
-conftest). They apply only where JAX will run on the CPU (no accelerator plugin installed,
-or JAX_PLATFORMS=cpu); ALEXNET_JAX_CPU_DEFAULTS=0 or `--nocpu_settings` opts out.
+"""Process settings that make training on the CPU faster (benchmarks/NOTES.md, items 10, 12
+and 14.1). Importing this module changes nothing: an entry point calls `apply()` before its
+first JAX computation (console.app_main for every command-line tool, the benchmarks, the
+tests' conftest). They apply only where JAX will run on the CPU; ALEXNET_JAX_CPU_DEFAULTS=0
+or `--nocpu_settings` opts out.
 
-* XLA:CPU convolutions through Eigen rather than YNNPACK (a flag added to XLA_FLAGS).
-  YNNPACK splits a convolution over cores only in blocks of 64 output channels, so
-  conv2's input gradient (48 channels a column) ran on one core: the training step is
-  10-14% faster, the forward pass 30%. Added only for the jaxlib it was measured with
-  (another may not know the flag, and XLA stops on an unknown one), and never over a
-  setting of the flag in XLA_FLAGS.
-* A computation runs in the thread that calls it (``jax_cpu_enable_async_dispatch=False``,
-  unless JAX_CPU_ENABLE_ASYNC_DISPATCH is set), and glibc's malloc keeps the memory that
-  thread frees (no mmap, no trimming: ``mallopt``; not where GLIBC_TUNABLES sets malloc's
-  parameters). XLA:CPU allocates a step's temporaries (680 MB for the training step at
-  batch 32) at every call; fresh from the OS they cost 166,000 page faults a step. With
-  both, none: the step is 20-25% faster. The process's memory stays at its peak.
+* Convolutions through Eigen rather than YNNPACK (a flag added to XLA_FLAGS): YNNPACK splits
+  a convolution over cores only in blocks of 64 output channels, so layers with fewer (a
+  column of conv2's input gradient) run on one core. Only for the jaxlib it was measured
+  with (XLA stops on a flag it does not know), and never over the flag set in XLA_FLAGS.
+* Computations run in the calling thread (``jax_cpu_enable_async_dispatch=False``, unless
+  JAX_CPU_ENABLE_ASYNC_DISPATCH is set), and glibc's malloc keeps what that thread frees
+  (``mallopt``: no mmap, no trimming; not where GLIBC_TUNABLES sets malloc's parameters).
+  XLA:CPU allocates a step's temporaries at every call; fresh from the OS, each page
+  faults. The process's memory stays at its peak.
 """
 
 import ctypes
