@@ -13,18 +13,15 @@ Written by `python -m alexnet_jax.prepare records`; index.npz is written last, s
 without it is incomplete. Record i is image i of the split in the source's order (a
 folder's sorted classes and files, or TFDS's), at byte offset header + (i % shard_size) *
 S * S * 3 of shard i // shard_size: read at any position with one pread, no parsing.
-S * S * 3 bytes an image: 196,608 at 256 x 256 (252 GB for ImageNet's 1,281,167 training
-images, against about 34 GB as 256 x 256 JPEGs at quality 95).
+S * S * 3 bytes an image: 196,608 at 256 x 256 (252 GB for ImageNet's training set).
 
-Each record's checksum is its CRC-32 (zlib's; ISA-L computes it): it catches every
-change within 32 consecutive bits and any one or two flipped bits; swapped words and
-other damage pass with a chance of about 2^-32. Format 1 summed the record's 64-bit
-words, which every swap of two words, and two bytes 8 apart changed by +d and -d, passed
-(benchmarks/NOTES.md, item 16.6); its files are refused with a message to write them
-again. A damaged index.npz is an error naming it. A record that cannot be read (its shard
-missing, truncated, unreadable or with a damaged header) or whose checksum differs is
-reported by the reading functions, not raised: the pipeline names it and skips it or
-stops, as a bad image.
+Each record's checksum is its CRC-32 (zlib's; ISA-L computes it): it catches every change
+within 32 consecutive bits and any one or two flipped bits. Format 1's sums of 64-bit
+words missed swapped words (benchmarks/NOTES.md, item 16.6): its files are refused with a
+message to write them again. A damaged index.npz is an error naming it. A record that
+cannot be read (shard missing, truncated, unreadable, damaged header) or whose checksum
+differs is reported by the reading functions, not raised: the pipeline names it and skips
+it or stops, as a bad image.
 """
 
 import os
@@ -34,7 +31,7 @@ import zlib
 from absl import logging
 import numpy as np
 
-try:  # ISA-L's CRC-32: zlib's function (the same values), several times faster.
+try:  # ISA-L's CRC-32: zlib's values, computed faster (benchmarks/NOTES.md, item 16.6).
   from isal.isal_zlib import crc32  # pylint: disable=g-import-not-at-top
 except ImportError:  # A Python without it (requirements.txt pins it) computes the same.
   crc32 = zlib.crc32
@@ -300,10 +297,9 @@ def read_windows(split, ids, corners, mirror, size, into):
   """The size x size window at corners[k] (row, column) of record ids[k], mirrored
   left-right where mirror[k], into into[k] (uint8 [len(ids), size, size, 3]).
 
-  Each record is read into one reused buffer and the window copied out of it (a mirrored
-  window channel by channel: NumPy copies 3-byte pixels in reverse order 4x slower;
-  benchmarks/NOTES.md, item 16.7).
-  Returns {k: why} for bad records, as `read`.
+  Each record is read into one reused buffer and the window copied out of it; a mirrored
+  window channel by channel, which NumPy copies faster than reversed 3-byte pixels
+  (benchmarks/NOTES.md, item 16.7). Returns {k: why} for bad records, as `read`.
   """
   scratch = np.empty((split.size, split.size, 3), np.uint8)
   errors = {}

@@ -2,13 +2,12 @@
 under config.data.data_dir, written from a folder or TFDS by `python -m alexnet_jax.prepare
 records`: the fast way to train (no JPEG decoding; benchmarks/NOTES.md, item 16).
 
-Records are read in the same order as the folder they were prepared from
-(data_source.global_order), with the same crops, flips and lighting: the same batches.
-They are read a batch at a time by one NumPy function (read, check, crop, mirror), and each
-example's augmentation is drawn for the whole batch at once (stateless_random.py), equal
-bit for bit to tf.data's per-example draws: per-example tf.data work is what limits the
-other paths. A record that cannot be read or fails its checksum is a bad image (dropped in
-training, masked in evaluation).
+Records give the batches of the folder they were prepared from: the same order
+(data_source.global_order) and the same crops, flips and lighting. A batch is read by one
+NumPy function (read, check, crop, mirror), its augmentation drawn for all its examples at
+once (stateless_random.py, bit for bit tf.data's draws), because per-example tf.data work
+is what limits the other paths. A record that cannot be read or fails its checksum is a
+bad image (dropped in training, masked in evaluation).
 """
 
 import os
@@ -119,11 +118,10 @@ def _aligned_empty(shape):
 
 
 def _buffers(shape):
-  """take() -> an aligned uint8 array of `shape` that nothing else references: one of
-  those it returned before, once the batch made from it is gone (its tensor, and the
-  NumPy arrays and device arrays made from it, hold a reference until then), else a new
-  one. A new 19 MB array for every batch costs about 20 us an image in page faults
-  (benchmarks/NOTES.md, item 16.8)."""
+  """take() -> an aligned uint8 array of `shape` that nothing else references: one it
+  returned before, once the batch made from it is gone (its tensor and the arrays made
+  from it hold references), else a new one. Reuse spares the page faults of a fresh
+  batch-sized array (benchmarks/NOTES.md, item 16.8)."""
   pool, free = [], []  # free[i]: pool[i]'s reference count when nothing else holds it.
 
   def take():
