@@ -169,7 +169,7 @@ _lrn = jax.custom_vjp(_lrn_formula, nondiff_argnums=(1, 2, 3, 4, 5))
 
 
 def _lrn_fwd(x, size, k, alpha, beta, groups):
-  return _lrn(x, size, k, alpha, beta, groups), x  # s is recomputed: cheaper than storing.
+  return _lrn(x, size, k, alpha, beta, groups), x  # s is recomputed: less memory.
 
 
 def _lrn_bwd(size, k, alpha, beta, groups, x, g):
