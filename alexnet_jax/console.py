@@ -1,18 +1,15 @@
 """What a user of the command-line tools sees: our own log lines, one clear error.
 
 The entry points (main, features, evaluate, predict, convert, prepare) import the libraries
-inside `quiet_imports`, run their main through `app_main` and define `--library_logs` and
-(all but prepare) `--cpu_settings` with `define_flags`; `app_main` applies
-alexnet_jax.cpu_settings before main runs. By
-default the console shows every line this project logs and only the errors of the
-libraries under it (JAX, orbax, TensorFlow), without their tracebacks: a 300-step run
-logged 123 lines of orbax INFO among 153. `--library_logs` shows everything.
-`run(fn)` reports a failure as one line first (the error and what to do), then the detail;
-an error marked `skip_cleanup` (a dead peer process) then ends the process at once.
-`quiet_imports` drops the C++ start-up lines TensorFlow prints while it loads (its oneDNN
-and CPU-feature notices and absl's 'All log messages before absl::InitializeLog()'), which
-TF_CPP_MIN_LOG_LEVEL no longer silences; `Progress` shows a long job's step/total and
-time left.
+inside `quiet_imports`, run their main through `app_main` (which applies
+alexnet_jax.cpu_settings first) and define `--library_logs` and (all but prepare)
+`--cpu_settings` with `define_flags`. The console shows every line this project logs and
+only the errors of JAX, orbax and TensorFlow, without tracebacks, as their INFO lines
+would drown ours; `--library_logs` shows everything. `run(fn)` reports a failure as one
+line (the error and what to do), then the detail; an error marked `skip_cleanup` (a dead
+peer process) ends the process at once. `quiet_imports` drops the C++ start-up lines
+TensorFlow prints while it loads, which TF_CPP_MIN_LOG_LEVEL no longer silences;
+`Progress` shows a long job's step/total and time left.
 """
 
 import contextlib

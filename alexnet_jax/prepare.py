@@ -3,8 +3,8 @@
     # ImageNet (ILSVRC-2012) as TFDS 'imagenet2012', from the official tars in FOLDER:
     python -m alexnet_jax.prepare imagenet2012 --manual_dir=FOLDER --data_dir=~/tensorflow_datasets
     # The paper's stored format: every image resized to 256 x 256 (shorter side to 256,
-    # centre crop), as small JPEGs in root/<split>/<class>/ (what lets a 16-core host feed
-    # an H100); train on it with --config.data.dataset=folder --config.data.data_dir=OUT:
+    # centre crop), as small JPEGs in root/<split>/<class>/, cheaper to decode than the
+    # originals; train on it with --config.data.dataset=folder --config.data.data_dir=OUT:
     python -m alexnet_jax.prepare resize --dataset=imagenet2012 --data_dir=~/tensorflow_datasets --out=OUT
     # The same 256 x 256 images decoded once, as records (records.py: 196,608 bytes an
     # image, no JPEG decoding in training; the fast way to train); from TFDS or a folder:
