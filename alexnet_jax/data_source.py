@@ -72,7 +72,7 @@ def global_order(n, *, train, seed, shard, start_step, batch):
   global_batch = batch * count
 
   def this_process_rows(ids):
-    """[steps * global_batch] -> [steps, batch]: this process's rows of each global batch."""
+    """[steps * global_batch] -> [steps, batch], this process's rows of each."""
     return tf.reshape(ids, [-1, count, batch])[:, index]
 
   if train:

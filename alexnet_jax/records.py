@@ -249,7 +249,7 @@ def _header_length(path, size, count):
     return -1, f'cannot be opened ({e.strerror or e})'
 
 
-def _each(split, ids, buffer):
+def _read_checked(split, ids, buffer):
   """Reads record ids[k] into buffer(k) (uint8 [S, S, 3], contiguous) and checks it, for
   each k with ids[k] >= 0; yields (k, None), or (k, why it is bad)."""
   files = {}
@@ -290,7 +290,7 @@ def read(split, ids, into):
   Negative ids (padding) are left as they are. Returns {k: why} for the records that
   cannot be read or whose checksum differs (their rows of `into` are undefined).
   """
-  return {k: error for k, error in _each(split, ids, lambda k: into[k]) if error}
+  return {k: error for k, error in _read_checked(split, ids, lambda k: into[k]) if error}
 
 
 def read_windows(split, ids, corners, mirror, size, into):
@@ -304,7 +304,7 @@ def read_windows(split, ids, corners, mirror, size, into):
   scratch = np.empty((split.size, split.size, 3), np.uint8)
   errors = {}
   corners, mirror = np.asarray(corners).tolist(), np.asarray(mirror).tolist()
-  for k, error in _each(split, ids, lambda k: scratch):
+  for k, error in _read_checked(split, ids, lambda k: scratch):
     if error:
       errors[k] = error
       continue

@@ -176,7 +176,8 @@ def create_split(data, split, *, train, seed, start_step, image_size, num_views,
   order = order.enumerate()  # Batch k holds this process's stream places kB .. kB + B - 1.
   bad = {}  # File name -> why, filled by the reader; Batches names what went missing.
 
-  def keep(ids, errors):
+  def good_mask(ids, errors):
+    """bool [len(ids)], False where errors ({k: why}) names a bad record; notes why."""
     for k, why in errors.items():
       bad[stored.name(ids[k])] = why
     ok = np.ones(len(ids), bool)
@@ -190,7 +191,8 @@ def create_split(data, split, *, train, seed, start_step, image_size, num_views,
       corners, mirror, lighting = train_augmentation(seed, positions, stored.size,
                                                      image_size, data)
       images = buffers()
-      ok = keep(ids, records.read_windows(stored, ids, corners, mirror, image_size, images))
+      errors = records.read_windows(stored, ids, corners, mirror, image_size, images)
+      ok = good_mask(ids, errors)
       index = k * batch + np.arange(len(ids))
       if not ok.all():  # Dropped here; rebatch below refills the batch from the next.
         images, lighting, ids, index = images[ok], lighting[ok], ids[ok], index[ok]
@@ -207,7 +209,7 @@ def create_split(data, split, *, train, seed, start_step, image_size, num_views,
     def read(k, ids, positions):
       del positions
       whole = stored_buffers()
-      ok = keep(ids, records.read(stored, ids, whole)) & (ids >= 0)
+      ok = good_mask(ids, records.read(stored, ids, whole)) & (ids >= 0)
       whole[~ok] = 0  # Padding and bad records: zeros, masked.
       images = buffers()
       _views_np(whole, image_size, num_views, images)
