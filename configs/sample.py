@@ -6,7 +6,7 @@ clone trains with no download:
 
     python -m alexnet_jax.main --config=configs/sample.py --workdir=/tmp/alexnet_sample
 
-Sized to finish in about 4 minutes on a free 2-core CPU (423 CPU-seconds measured). The
+Sized to finish in minutes on a 2-core CPU (docs/training.md has the measured time). The
 network, augmentation, optimizer and evaluation are the paper's; the initialisation is He's
 and the learning rate is scaled to the batch of 32 (why: below).
 """
@@ -21,13 +21,9 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 def get_config(arg=''):
-  # He initialisation (and inputs divided by the pixels' std): the paper's N(0, 0.01) with
-  # its biases 1 does not leave chance in this budget. Measured on this sample with batch
-  # 32: error stuck at 90% for 90 steps at learning rate 0.001; loss diverging at 0.0025
-  # and 0.01.
-  # With He at 0.01 the loss spikes and settles at chance (2.30); at 0.0025 it learns.
-  # The paper's start with BVLC's biases 0.1 (what trains on Imagenette) leaves chance here
-  # too slowly for 120 steps: 76.0% top-1 at 0.0025 and 81.0% at 0.01, against He's 66.5%.
+  # He initialisation (and inputs divided by the pixels' std) at 0.0025: the paper's
+  # N(0, 0.01) start, with its biases 1 or BVLC's 0.1, learns too slowly or not at all in
+  # this budget, and He at 0.01 settles at chance (docs/training.md has the runs).
   config = alexnet.get_config(','.join(filter(None, ['he', arg])))
   config.data.dataset = 'folder'
   config.data.data_dir = SAMPLE_DIR
