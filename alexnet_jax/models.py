@@ -354,8 +354,9 @@ class AlexNet(nn.Module):
   Call: ``model.apply(variables, images, train=False)`` with images
   [batch, 224, 224, 3] (227 x 227 when ``conv1_padding='valid'``), already normalised;
   returns float32 logits [batch, num_classes], or with ``return_features=True`` a dict
-  {layer: activation} over ``LAYERS`` (after the activation, less a removed layer; under ``model_axis`` the conv and fc
-  activations are the local column's). ``train=True`` needs a ``'dropout'`` rng.
+  {layer: activation} over ``LAYERS`` (after the activation, less a removed layer; under
+  ``model_axis`` the conv and fc activations are the local column's). ``train=True``
+  needs a ``'dropout'`` rng.
 
   Shapes (224 input, both columns): conv1 [b, 55, 55, 96] -> pool1 [b, 27, 27, 96] ->
   conv2 [b, 27, 27, 256] -> pool2 [b, 13, 13, 256] -> conv3 [b, 13, 13, 384] ->
