@@ -137,14 +137,11 @@ _PENDING = weakref.WeakKeyDictionary()
 def _release_orbax_waiters():
   """Lets orbax's commit threads of a failed save end now.
 
-  A save's commit threads wait for the signal that its temporary directory exists. When
-  creating it fails, that signal never comes, and each thread waits orbax's coordination
-  timeout (multihost.coordination_timeout(): 300 s, not configurable; AsyncOptions'
-  timeout_secs bounds only the whole commit), keeping the process alive past its error:
-  Python waits for them at exit. Each is cancelled, then sent the signals it waits for:
-  a cancelled thread then returns without running its write (orbax 0.12.8's
-  _SignalingThread.run checks the cancellation right after its wait). Their coroutines,
-  never run, are not reported at exit.
+  A save's commit threads wait for the signal that its temporary directory exists; when
+  creating it fails, each waits orbax's coordination timeout (not configurable), and
+  Python waits for them at exit. Each is cancelled, then sent the signals it waits for, so
+  it returns without writing (orbax 0.12.8's _SignalingThread.run checks the cancellation
+  after its wait). Their coroutines, never run, are not reported at exit.
   """
   warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
                           category=RuntimeWarning)
@@ -189,11 +186,8 @@ def latest_complete(manager):
 
 
 def check_saves(manager):
-  """Raises at once if the save in the background has failed; else returns at once.
-
-  Called after every training step, so a failed save ends the run within a step instead
-  of at the next save or the end.
-  """
+  """Raises if the save in the background has failed, else returns at once: called after
+  every step, so a failed save ends the run within a step."""
   if manager in _PENDING and not manager.is_saving_in_progress():
     wait(manager)
 
@@ -202,9 +196,8 @@ def save(manager, step, state, config, *, evaluated=True):
   """Saves asynchronously; `finish` (or the next save) makes it final.
 
   evaluated: whether the evaluation due at `step` (if any) is done; False makes the
-  resumed run redo it. Orbax writes into a temporary directory and renames it when
-  complete, so a failed or interrupted save leaves the earlier checkpoints as they were.
-  A failed save, this one or the one before it, is an OSError naming its step.
+  resumed run redo it. A failed save, this one or the one before it, is an OSError naming
+  its step.
   """
   if step in manager.all_steps():
     return
