@@ -32,6 +32,12 @@ def take(batches, n):
   return [next(batches) for _ in range(n)]
 
 
+def train_batches(data, **kwargs):
+  """One process's training batches of 6 from `data` (a data config)."""
+  return input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
+                                     shard=(0, 1), **kwargs)
+
+
 def assert_batches_equal(a, b, keys=None):
   for k in keys or a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -210,8 +216,7 @@ def damaged(pngs, tmp_path):
 def test_bad_records_are_skipped_and_batches_stay_full(damaged):
   out, bad = damaged
   data = data_config(dataset='records', data_dir=str(out), on_bad_image='skip')
-  batches = input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
-                                        with_file_names=True, shard=(0, 1))
+  batches = train_batches(data, with_file_names=True)
   seen = set()
   for b in take(batches, 10):  # Two epochs: every record is read twice.
     assert b['image'].shape == (6, 224, 224, 3)
@@ -228,8 +233,7 @@ def test_bad_record_stops_training_naming_it(damaged):
                      r'.*images-00000-of-00002\.npy is corrupt: checksum|eel/\d+\.png: '
                      r'record \d of .*images-00001-of-00002\.npy cannot be read: the file '
                      r'ends \d+ bytes into it \(truncated\))'):
-    take(input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
-                                     shard=(0, 1)), 6)
+    take(train_batches(data), 6)
 
 
 def test_bad_records_in_evaluation_are_masked_and_reported(pngs, tmp_path):
@@ -349,11 +353,9 @@ def test_damage_a_sum_of_words_misses_is_caught(pngs, tmp_path, kind):
                      r'.*images-00000-of-00002\.npy is corrupt: CRC-32 0x[0-9a-f]{8}, stored '
                      r'0x[0-9a-f]{8}\. Write the records again with `python -m '
                      r'alexnet_jax\.prepare records'):
-    take(input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
-                                     shard=(0, 1)), 6)
+    take(train_batches(data), 6)
   data.on_bad_image = 'skip'
-  batches = input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
-                                        shard=(0, 1))
+  batches = train_batches(data)
   take(batches, 6)  # More than an epoch (5 steps).
   assert batches.skipped[0] == 'cat/2.png'
 
@@ -387,8 +389,7 @@ def test_an_overwritten_shard_header_names_the_shard(pngs, tmp_path):
   with pytest.raises(ValueError, match=r'record \d+ of .*images-00000-of-00002\.npy cannot be '
                      r'read: its shard has a damaged \.npy header \(TokenError: .*\)\. Write '
                      r'the records again'):
-    take(input_pipeline.create_split(data, 'train', global_batch_size=6, train=True,
-                                     shard=(0, 1)), 1)
+    take(train_batches(data), 1)
 
 
 def test_a_damaged_index_stops_main_naming_it(pngs, tmp_path):
