@@ -221,7 +221,7 @@ def write_workdir(params, config, out, mean=None):
   # One device: a checkpoint restores on any mesh. The learning-rate schedule is not part
   # of the state, so any steps_per_epoch gives the state training builds.
   mesh = partitioning.create_mesh(ml_collections.ConfigDict({'model': 1, 'data': 1}),
-                           jax.devices()[:1])
+                                  jax.devices()[:1])
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   _, state = steps.initial_state(config, mesh, params=params)
   checkpointing.check_space(out, state)

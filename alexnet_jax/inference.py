@@ -53,11 +53,11 @@ def data_config(config, dataset=''):
   return data
 
 
-def normalization(config, data_config=None):
+def normalization(config, data=None):
   """{'mean', 'std', 'channel_order'}: how the checkpoint's network reads its images
-  (pixels.normalize), the mean from `data_config` (default config.data). Configs saved
-  before channel_order existed read 'rgb'."""
-  data = config.data if data_config is None else data_config
+  (pixels.normalize), the mean from `data` (a data config; default config.data). Configs
+  saved before channel_order existed read 'rgb'."""
+  data = config.data if data is None else data
   return {'mean': jnp.asarray(input_pipeline.mean(data, config.data.image_size)),
           'std': config.data.std, 'channel_order': config.data.get('channel_order', 'rgb')}
 

@@ -17,9 +17,9 @@ Order and augmentation are functions of the seed and each example's position
 one saw, whatever the number of processes; records give the batches of the folder they
 were prepared from. TFDS datasets are read sequentially, each process its own even split.
 
-An image that fails to read or decode (or a record that fails its checksum) is dropped;
-config.data.on_bad_image='error' raises ValueError naming it, 'skip' logs and counts it
-(`Batches.skipped`).
+An image that fails to read or decode (or a record that fails its checksum) is dropped in
+training and masked in evaluation; config.data.on_bad_image='error' raises ValueError
+naming it, 'skip' logs and counts it (`Batches.skipped`).
 """
 
 import importlib
@@ -137,8 +137,9 @@ def create_split(data, split, *, global_batch_size, train, seed=0, start_step=0,
     start_step: the first training step's batch (resume).
     image_size: crop side.
     num_views: evaluation views, 1 (centre) or 10.
-    shard: (index, count): this process reads rows [index * b, (index + 1) * b) of each
-      global batch; default (jax.process_index(), jax.process_count()).
+    shard: (index, count) of this process among the readers of different data: folders
+      and records read rows [index * b, (index + 1) * b) of each global batch, TFDS its
+      own even split; default (jax.process_index(), jax.process_count()).
     with_file_names: also yield 'file_name' (bytes [b]).
   """
   index, count = shard if shard is not None else (jax.process_index(), jax.process_count())

@@ -19,13 +19,14 @@ channels, as a grouped convolution's (conv2: [5, 5, 48, 256]).
 activations (``LAYERS``), for feature extraction.
 
 Three ops have two implementations with the same values and gradients
-(tests/test_models.py): hand-written ones for the CPU, reverse mode only, and XLA's own,
-which XLA can fuse and which support ``jax.jvp``: ``lrn_impl`` ('custom' or 'xla'),
+(tests/test_models.py): hand-written ones (chosen per op for the CPU in ``IMPLS``),
+reverse mode only, and XLA's own, which XLA can fuse and which support ``jax.jvp``:
+``lrn_impl`` ('custom' or 'xla'),
 ``pool_impl`` ('custom' or 'xla', flax's ``nn.max_pool``) and ``group_impl`` ('split' or
 'feature_group'). Each is 'auto' by default: ``IMPLS`` for the platform the program is
 lowered for (``lax.platform_dependent``), not the tracing process's backend, so a step
-lowered for 'cuda' on a CPU host holds the GPU's ops. 'auto' is reverse mode only where a
-platform's choice is 'custom'.
+lowered for 'cuda' on a CPU host holds the GPU's ops. 'auto' is reverse mode only where
+any platform's choice is 'custom' (forward mode traces every platform's branch).
 """
 
 import functools

@@ -87,6 +87,7 @@ def state_specs(state):
   return state.replace(step=P(), params=params, opt_state=opt_state,
                        plateau_state=jax.tree.map(replicated, state.plateau_state))
 
+
 def shardings(mesh, specs):
   """NamedShardings on `mesh` for a tree of PartitionSpecs."""
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs)

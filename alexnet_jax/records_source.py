@@ -18,7 +18,6 @@ import tensorflow as tf
 
 from alexnet_jax import data_source
 from alexnet_jax import pixels
-from alexnet_jax import preprocessing
 from alexnet_jax import records
 from alexnet_jax import stateless_random
 

@@ -2,7 +2,7 @@
 
 `tf.random.stateless_*` take one seed [2] per call, so per-example draws cost tf.data
 dozens of small ops an example (benchmarks/NOTES.md, item 16.2). These compute the same
-numbers for a whole batch of seeds in a few NumPy operations:
+numbers for a whole batch of seeds in a few hundred NumPy operations:
 
   fold_in(seed, data)      tf.random.experimental.stateless_fold_in
   split(seeds, num)        tf.random.experimental.stateless_split

@@ -204,8 +204,8 @@ def compile_steps(train_step, eval_step, state, config, mesh, local_batch, num_v
   process that compiles much later would hit the CPU collectives' 30 s timeout), and a
   compile error shows before the first step.
   """
-  def abstract(x, size):
-    return jax.ShapeDtypeStruct((size,) + x.shape[1:], x.dtype,
+  def abstract(x, num_rows):
+    return jax.ShapeDtypeStruct((num_rows,) + x.shape[1:], x.dtype,
                                 sharding=NamedSharding(mesh, P('data')))
 
   count = partitioning.data_shard(mesh)[1]
@@ -230,10 +230,11 @@ def compile_steps(train_step, eval_step, state, config, mesh, local_batch, num_v
   return compiled_train, eval_step_compiled
 
 
-def set_plateau(state, plateau, eval_error, mesh):
+def set_plateau(state, config, eval_error, mesh):
   """Feeds one evaluation's error to the plateau schedule; sets the lr multiplier."""
   replicated = NamedSharding(mesh, P())
-  plateau_state = optimizer.update_plateau(plateau, state.plateau_state, eval_error)
+  plateau_state = optimizer.update_plateau(optimizer.create_plateau(config),
+                                           state.plateau_state, eval_error)
   plateau_state = jax.device_put(plateau_state, replicated)
   # A copy: the step donates its state, and one buffer may not be donated twice.
   opt_state = optimizer.set_lr_scale(state.opt_state, jnp.copy(plateau_state.scale))

@@ -35,7 +35,7 @@ from alexnet_jax import synthetic
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains and evaluates AlexNet; resumes from the latest checkpoint in `workdir`.
 
-  Everything that can be checked is checked before any compute: the config
+  Everything that can be checked is checked before any training: the config
   (checks.validate), the dataset (checks.check_data), the workdir (writable, not in use by
   another run, space for a checkpoint, a readable metrics history).
   """
@@ -110,7 +110,10 @@ def _loop(run, state, train_step, first, batches, start_step, steps_per_epoch,
   (False where the restored schedule already holds it).
   """
   config, total = run.config, run.total_steps
-  due = lambda step, every: step % every == 0 or step == total
+
+  def due(step, every):
+    return step % every == 0 or step == total
+
   late = LateMetrics(config.on_nan, run.manager, run.workdir)
   profile = Profile(config.profile_steps, start_step, total, run.workdir)
   step, peer_lost = start_step, None
@@ -130,9 +133,10 @@ def _loop(run, state, train_step, first, batches, start_step, steps_per_epoch,
       late.add(step, metrics)
       run.progress.update()
       if due(step, config.log_every_steps):
+        metrics = late.read()  # Waits for the step: the clock then times k finished steps.
         rate = (step - n0) * config.batch_size / max(time.perf_counter() - t0, 1e-9)
         t0, n0 = time.perf_counter(), step
-        log_train_metrics(run, step, steps_per_epoch, late.read(), rate, late.skipped,
+        log_train_metrics(run, step, steps_per_epoch, metrics, rate, late.skipped,
                           len(batches.skipped))
       evaluation_due = due(step, config.eval_every_steps)
       preempted = run.sigterm.reached()
@@ -161,8 +165,9 @@ def _loop(run, state, train_step, first, batches, start_step, steps_per_epoch,
 
 
 def evaluate_and_log(run, state, step, update_schedule=True):
-  """(state, completed): evaluates `state` at `step` and writes the result; the plateau
-  schedule takes the error unless update_schedule is False. completed is False where a
+  """(state, completed): evaluates `state` at `step` and writes the result; with
+  config.schedule='plateau' the schedule takes the error, except at the last step or with
+  update_schedule=False. completed is False where a
   SIGTERM interrupted the evaluation. The last step's evaluation uses
   config.data.eval_views views (Section 4.1), the others the centre crop."""
   config = run.config
@@ -179,8 +184,7 @@ def evaluate_and_log(run, state, step, update_schedule=True):
                '%.4f', step, views, result['count'], result['top1_error'],
                min(5, config.model.num_classes), result['top5_error'])
   if config.schedule == 'plateau' and not last and update_schedule:
-    state = steps.set_plateau(state, optimizer.create_plateau(config), result['top1_error'],
-                              run.mesh)
+    state = steps.set_plateau(state, config, result['top1_error'], run.mesh)
   return state, True
 
 
@@ -208,7 +212,8 @@ def log_train_metrics(run, step, steps_per_epoch, metrics, images_per_sec, skipp
 
 class LateMetrics:
   """The training steps' metrics, read from the device one step late, so that the host
-  never waits for the step it has just dispatched; each read checks for a non-finite step.
+  waits for the step it has just dispatched only where its metrics are due (a log line, a
+  checkpoint, a stop); each read checks for a non-finite step.
 
   A non-finite step (its update was skipped by the step itself) stops the run with
   config.on_nan='stop', after the checkpoint saves in flight; with 'skip' it is counted.

@@ -81,7 +81,7 @@ def test_model2_checkpoint_restores_on_model1_and_back(tmp_path):
   config = sample.get_config()
   config.data.image_size = 67
   mesh = lambda m: partitioning.create_mesh(ml_collections.ConfigDict({'data': -1, 'model': m}),
-                                     jax.devices()[:2])
+                                            jax.devices()[:2])
   for source, target in ((2, 1), (1, 2)):
     workdir = tmp_path / f'{source}to{target}'
     config.seed = source

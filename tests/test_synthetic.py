@@ -22,7 +22,7 @@ def test_synthetic_batches_are_fixed_global_arrays_on_the_mesh():
   config.data.dataset = 'synthetic'
   config.data.synthetic_eval_examples = 50
   mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 2, 'model': 1}),
-                           jax.devices()[:2])
+                                  jax.devices()[:2])
   batches = train.create_split(config, mesh, 'train', global_batch_size=8, train=True,
                                seed=0, image_size=67)
   first, second = next(batches), next(batches)

@@ -47,7 +47,7 @@ def random_batches(n, batch=8, seed=0):
 def run(config, data, model_size, batches):
   """Runs the train step over `batches` on a data x model mesh; returns host results."""
   mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
-                           devices(data * model_size))
+                                  devices(data * model_size))
   _, state, step, _ = steps.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
   first_trace, losses = None, []
   for batch in batches:
@@ -102,7 +102,7 @@ def test_each_device_draws_the_dropout_bits_of_its_shard_only(data, model_size):
   """
   config = small_config()
   mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': data, 'model': model_size}),
-                           devices(data * model_size))
+                                  devices(data * model_size))
   _, state, step, _ = steps.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
   jaxpr = step.trace(state, partitioning.global_batch(mesh, random_batches(1)[0])).jaxpr.jaxpr
   draws = [eqn.outvars[0].aval.shape for eqn in jaxpr_ops(jaxpr)
@@ -135,7 +135,7 @@ def test_training_reduces_loss_on_a_fixed_batch():
 def test_nonfinite_step_is_skipped_and_reported():
   config = small_config()
   mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
-                           devices(2))
+                                  devices(2))
   _, state, step, _ = steps.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
   before = jax.device_get(state.params)
   batch = random_batches(1)[0]
@@ -175,7 +175,7 @@ def test_top5_is_top_k_of_the_classes_there_are():
   """With 4 classes every label is in the top 5 (top-4): top-5 error 0."""
   config = small_config(num_classes=4)
   mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
-                           devices(1))
+                                  devices(1))
   model = models.AlexNet(**config.model)
   params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
                       train=False)['params']
@@ -193,7 +193,7 @@ def test_ten_views_also_score_the_centre_view_alone():
   preprocessing.ten_views), equal to a one-view evaluation of that view."""
   config = small_config(num_classes=4)
   mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
-                           jax.devices()[:1])
+                                  jax.devices()[:1])
   model = models.AlexNet(**config.model)
   params = model.init({'params': jax.random.key(0)}, jnp.zeros((1, SIZE, SIZE, 3)),
                       train=False)['params']
@@ -228,7 +228,7 @@ def test_the_optimizer_state_is_laid_out_as_the_parameters():
   """The momentum is split as its parameter (on the device, too); every other leaf of the
   state (step, counts, learning rates, the plateau schedule) is replicated."""
   mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 2}),
-                           devices(2))
+                                  devices(2))
   _, state = steps.initial_state(small_config(), mesh)
   specs = partitioning.state_specs(state)
   assert optax.tree_utils.tree_get(specs.opt_state, 'trace') == specs.params
@@ -239,3 +239,21 @@ def test_the_optimizer_state_is_laid_out_as_the_parameters():
       specs.opt_state, trace=None))
   assert jax.tree.leaves(rest, is_leaf=is_spec) and all(
       s == P() for s in jax.tree.leaves(rest, is_leaf=is_spec))
+
+
+def test_set_plateau_divides_the_stepped_learning_rate_by_ten_after_patience():
+  """The loop's plateau update: the schedule's state (fed errors that stop improving) and
+  the learning rate the next step uses, 0.1x after plateau_patience evaluations without
+  improvement (the paper's "divide by 10"), as the hand count says."""
+  config = small_config()
+  config.schedule, config.plateau_patience = 'plateau', 2
+  mesh = partitioning.create_mesh(ml_collections.ConfigDict({'data': 1, 'model': 1}),
+                                  devices(1))
+  _, state, step, _ = steps.setup(config, mesh, 100, pixels.CHANNEL_MEAN)
+  rates = []
+  for error in (0.5, 0.5, 0.5, 0.5):  # Improves once (the first), then twice not: a drop.
+    state = steps.set_plateau(state, config, error, mesh)
+    state, metrics = step(state, partitioning.global_batch(mesh, random_batches(1)[0]))
+    rates.append(float(metrics['learning_rate']))
+  assert rates == pytest.approx([0.05, 0.05, 0.005, 0.005])
+  assert float(state.plateau_state.scale) == pytest.approx(0.1)
