@@ -118,6 +118,33 @@ def test_seeds_needed_by_hand():
   assert claims.seeds_needed([1.0], 1.0) is None
 
 
+def test_the_table_reads_each_row_by_hand():
+  rows = claims.analyse([LRN, PCA, TANH], runs_by_hand())
+  rows.append(dict(rows[1], claim='queued', effect=None, ci=None, seeds=[],
+                   verdict='not resolved', seeds_needed=None))
+  rows[1]['verdict'], rows[1]['seeds_needed'] = 'not resolved', 18
+  lines = claims.format_table(rows).splitlines()
+  assert len(lines) == 2 + 4 and all(line.count('|') == 8 for line in lines)
+  half = 4.303 * math.sqrt(1 / 12) / math.sqrt(3)  # As in the test above: 0.72.
+  assert lines[2] == (
+      f'| LRN | 3.3 | -1.4 | top-1 error, 2 x 2 with non_overlapping_pool | '
+      f'-2.2 [{-13 / 6 - half:+.1f}, {-13 / 6 + half:+.1f}]; interaction +0.3 | 3 | reproduced |')
+  assert lines[2].split(' | ')[4] == '-2.2 [-2.9, -1.4]; interaction +0.3'
+  assert lines[3].endswith('| -0.2 [-0.9, +0.6] | 3 | not resolved (needs ~18 seeds) |')
+  assert lines[4].split(' | ')[3:5] == ['steps to a training error (ratio)',
+                                        '0.67x [0.67x, 0.67x]']
+  assert lines[5] == '| queued | 4.1 | -1 | top-1 error | — | 0 | not resolved |'
+
+
+def test_the_readme_leads_with_the_committed_claims_table():
+  with open(os.path.join(reproduction.REPO, 'experiments', 'results', 'claims.json')) as f:
+    table = claims.format_table(json.load(f)['claims'])
+  with open(os.path.join(reproduction.REPO, 'README.md')) as f:
+    readme = f.read()
+  assert table in readme, 'README.md: paste the table of experiments.claims.format_table'
+  assert readme.index(table) < readme.index('**Reproduction**')
+
+
 def test_t_quantiles_are_students():
   from scipy import stats  # pylint: disable=g-import-not-at-top
   for df in range(1, 60):
