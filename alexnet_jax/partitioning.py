@@ -135,11 +135,19 @@ def data_shard(mesh):
   return rows[0] // size, mesh.shape['data'] // size
 
 
-def global_batch(mesh, local_batch):
-  """Numpy arrays of this process's examples -> global arrays split over 'data'; arrays
-  already global (synthetic data's) pass as they are."""
+def global_batch(mesh, local_batch, abstract=False):
+  """Numpy arrays of this process's examples -> global arrays split over 'data' (with
+  abstract=True their jax.ShapeDtypeStructs, to compile for); arrays already global
+  (synthetic data's) pass as they are."""
   sharding = NamedSharding(mesh, P('data'))
   count = data_shard(mesh)[1]
-  return jax.tree.map(
-      lambda x: x if isinstance(x, jax.Array) else jax.make_array_from_process_local_data(
-          sharding, x, (x.shape[0] * count,) + x.shape[1:]), local_batch)
+
+  def make(x):
+    if isinstance(x, jax.Array):
+      return x
+    shape = (x.shape[0] * count,) + x.shape[1:]
+    if abstract:
+      return jax.ShapeDtypeStruct(shape, x.dtype, sharding=sharding)
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+
+  return jax.tree.map(make, local_batch)

@@ -204,22 +204,15 @@ def compile_steps(train_step, eval_step, state, config, mesh, local_batch, num_v
   process that compiles much later would hit the CPU collectives' 30 s timeout), and a
   compile error shows before the first step.
   """
-  def abstract(x, num_rows):
-    return jax.ShapeDtypeStruct((num_rows,) + x.shape[1:], x.dtype,
-                                sharding=NamedSharding(mesh, P('data')))
-
-  count = partitioning.data_shard(mesh)[1]
-  train_batch = jax.tree.map(
-      lambda x: x if isinstance(x, jax.Array) else abstract(x, x.shape[0] * count),
-      local_batch)  # A global array (synthetic data) is its own abstraction.
+  train_batch = partitioning.global_batch(mesh, local_batch, abstract=True)
   size, b = config.data.image_size, config.eval_batch_size
+  sharding = NamedSharding(mesh, P('data'))
   compiled_eval = {}
-  for views in sorted({1, num_views}):
+  for views in sorted({1, num_views}):  # eval_batch_size is global.
     shape = (b, views, size, size, 3) if views > 1 else (b, size, size, 3)
-    eval_batch = {'image': jax.ShapeDtypeStruct(shape, jnp.uint8),
-                  'label': jax.ShapeDtypeStruct((b,), jnp.int32),
-                  'mask': jax.ShapeDtypeStruct((b,), jnp.bool_)}
-    eval_batch = jax.tree.map(lambda x: abstract(x, b), eval_batch)
+    eval_batch = {'image': jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=sharding),
+                  'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding),
+                  'mask': jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=sharding)}
     compiled_eval[views] = eval_step.lower(state.params, eval_batch).compile()
   compiled_train = train_step.lower(state, train_batch).compile()
 

@@ -114,7 +114,7 @@ def _loop(run, state, train_step, first, batches, start_step, steps_per_epoch,
   def due(step, every):
     return step % every == 0 or step == total
 
-  late = LateMetrics(config.on_nan, run.manager, run.workdir)
+  late = LateMetrics(run)
   profile = Profile(config.profile_steps, start_step, total, run.workdir)
   step, peer_lost = start_step, None
   try:
@@ -219,8 +219,8 @@ class LateMetrics:
   config.on_nan='stop', after the checkpoint saves in flight; with 'skip' it is counted.
   """
 
-  def __init__(self, on_nan, manager, workdir):
-    self.on_nan, self.manager, self.workdir = on_nan, manager, workdir
+  def __init__(self, run):
+    self.run = run
     self.skipped = 0  # Non-finite steps skipped.
     self._held = None  # (step, metrics on the device), not read yet.
 
@@ -236,13 +236,13 @@ class LateMetrics:
     (step, metrics), self._held = self._held, None
     metrics = jax.device_get(metrics)
     if metrics['nonfinite']:
-      if self.on_nan == 'stop':
-        checkpointing.wait(self.manager)
-        latest = self.manager.latest_step()
+      if self.run.config.on_nan == 'stop':
+        checkpointing.wait(self.run.manager)
+        latest = self.run.manager.latest_step()
         kept = 'none saved yet' if latest is None else f'latest: step {latest}'
         raise FloatingPointError(
             f'Non-finite loss or gradients at step {step} (loss={metrics["loss"]}); the '
-            f'update was not applied and training stopped. Checkpoints in {self.workdir} '
+            f'update was not applied and training stopped. Checkpoints in {self.run.workdir} '
             f"are kept ({kept}). Lower the learning rate, or set config.on_nan='skip' to "
             'skip such steps.')
       self.skipped += 1
