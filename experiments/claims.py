@@ -102,8 +102,9 @@ def run(config, workdir, score_train=True):
          'eval_views': int(final['eval_views']),
          'train_error_by_step': [[r['step'], r['train_top1_error']] for r in train_rows],
          'curves': rec['curves'], 'budget': rec['budget']}
-  for k in ('top1', 'top5'):  # The centre view of the same evaluation (10 views).
-    out[f'centre_{k}_error'] = final.get(f'eval_centre_{k}_error', final[f'eval_{k}_error'])
+  for k in ('top1', 'top5'):  # The centre view of the final evaluation, where it has one.
+    if f'eval_centre_{k}_error' in final or out['eval_views'] == 1:
+      out[f'centre_{k}_error'] = final.get(f'eval_centre_{k}_error', final[f'eval_{k}_error'])
   if score_train:  # The training images as the held-out ones are scored: centre crop.
     scored = evaluate.evaluate(workdir, split=config.data.train_split, views=1,
                                progress=False)
@@ -125,7 +126,8 @@ def t_975(df):
 
 
 def smoothed(rows, window=3):
-  """[[step, error]] -> [[step, mean of the last `window` errors]] (one epoch's batches)."""
+  """[[step, error]] -> [[step, mean of the last `window` logged errors]] (each the error
+  on one logged step's batch)."""
   return [[s, sum(e for _, e in rows[max(0, i - window + 1):i + 1]) / min(window, i + 1)]
           for i, (s, _) in enumerate(rows)]
 
@@ -177,7 +179,9 @@ def per_seed(claim, metric, runs):
   effects, interactions = {}, {}
   for s in seeds:
     if claim.get('variant') is None:
-      effects[s] = value(metric, by_arm[''][s])
+      v = value(metric, by_arm[''][s])
+      if v is not None:
+        effects[s] = v
       continue
     pairs = [('', claim['variant'])]
     if claim.get('factor'):
@@ -384,6 +388,8 @@ def format_table(rows):
       effect += f' [{num(r["ci"][0], m)}, {num(r["ci"][1], m)}]'
     if r.get('interaction') is not None:
       effect += f'; interaction {num(r["interaction"], m)}'
+      if r.get('interaction_ci'):
+        effect += f' [{num(r["interaction_ci"][0], m)}, {num(r["interaction_ci"][1], m)}]'
     need = f' (needs ~{r["seeds_needed"]} seeds)' if r.get('seeds_needed') else ''
     lines.append(f'| {r["claim"]} | {r["section"]} | {r["paper"]} | {measured} | {effect} | '
                  f'{len(r["seeds"])} | {r["verdict"]}{need} |')

@@ -86,6 +86,33 @@ def test_effects_intervals_and_verdicts_by_hand():
   assert rows['tanh']['ci'] == pytest.approx([2 / 3, 2 / 3])
 
 
+def test_a_run_without_a_metric_is_left_out_of_that_claim_not_an_error():
+  runs = runs_by_hand()
+  del runs[''][1]['centre_top1_error']  # As a run recorded before the metric was.
+  rows = {r['claim']: r for r in claims.analyse([VIEWS, DROPOUT, LRN], runs)}
+  assert rows['views']['seeds'] == [0, 2] and rows['views']['effect'] == pytest.approx(-3.5)
+  assert rows['dropout']['seeds'] == [0, 2]
+  assert rows['LRN']['seeds'] == [0, 1, 2]  # Its metric, top-1 error, is there.
+
+
+def test_no_effect_here_always_excludes_the_papers_own_figure():
+  """A bound above the paper's figure would call the paper's own result 'no effect'."""
+  for c in ablation.CLAIMS:
+    if c['paper_effect'] is None:
+      continue
+    if c['metric'] == 'steps_ratio':
+      assert math.log(c['bound']) <= abs(math.log(c['paper_effect'])), c['claim']
+    else:
+      assert c['bound'] <= abs(c['paper_effect']), c['claim']
+    assert c['bound'] <= (1.25 if c['metric'] == 'steps_ratio' else 1.0), c['claim']
+  # Pooling's paper figure, -0.4, with the 2 x 2's spread (claims.power: 0.50 a seed):
+  # at 6-8 seeds a bound of 1 would have called it 'no effect here'.
+  pooling = next(c for c in ablation.CLAIMS if c['claim'] == 'overlapping pooling')
+  half = claims.t_975(5) * 0.5 / math.sqrt(6)
+  assert claims.verdict([-0.4 - half, -0.4 + half], -1, 1.0) == 'no effect here'
+  assert claims.verdict([-0.4 - half, -0.4 + half], -1, pooling['bound']) == 'not resolved'
+
+
 def test_steps_to_a_training_error_by_hand():
   # Means of the last three logged errors: 0.9, 0.85, 0.7667, 0.6, 0.4333, 0.3.
   assert [round(e, 4) for _, e in claims.smoothed(FAST)] == [0.9, 0.85, 0.7667, 0.6, 0.4333, 0.3]
@@ -128,8 +155,10 @@ def test_the_table_reads_each_row_by_hand():
   half = 4.303 * math.sqrt(1 / 12) / math.sqrt(3)  # As in the test above: 0.72.
   assert lines[2] == (
       f'| LRN | 3.3 | -1.4 | top-1 error, 2 x 2 with non_overlapping_pool | '
-      f'-2.2 [{-13 / 6 - half:+.1f}, {-13 / 6 + half:+.1f}]; interaction +0.3 | 3 | reproduced |')
-  assert lines[2].split(' | ')[4] == '-2.2 [-2.9, -1.4]; interaction +0.3'
+      f'-2.2 [{-13 / 6 - half:+.1f}, {-13 / 6 + half:+.1f}]; interaction +0.3 [-4.8, +5.5] | 3 '
+      '| reproduced |')
+  # The interaction: 2, -2, 1 (the test above), sd sqrt(13/3): 1/3 +- 4.303 * 2.082 / sqrt(3).
+  assert lines[2].split(' | ')[4] == '-2.2 [-2.9, -1.4]; interaction +0.3 [-4.8, +5.5]'
   assert lines[3].endswith('| -0.2 [-0.9, +0.6] | 3 | not resolved (needs ~18 seeds) |')
   assert lines[4].split(' | ')[3:5] == ['steps to a training error (ratio)',
                                         '0.67x [0.67x, 0.67x]']
