@@ -244,7 +244,9 @@ def analyse(claims, runs):
       rows.append(dict(row, effect=None, ci=None, seeds=[], verdict='not resolved'))
       continue
     mean, ci = interval(list(effects.values()))
-    row.update(seeds=sorted(effects), verdict=verdict(ci, c['side'], bound))
+    # The stopping rule decides nothing on fewer than MIN_SEEDS seeds; nor does the table.
+    decided = verdict(ci, c['side'], bound) if len(effects) >= MIN_SEEDS else 'not resolved'
+    row.update(seeds=sorted(effects), verdict=decided)
     if log:  # A ratio: the geometric mean and its interval.
       row.update(effect=math.exp(mean), ci=ci and [math.exp(x) for x in ci])
     else:

@@ -113,6 +113,15 @@ def test_no_effect_here_always_excludes_the_papers_own_figure():
   assert claims.verdict([-0.4 - half, -0.4 + half], -1, pooling['bound']) == 'not resolved'
 
 
+def test_no_verdict_before_the_stopping_rules_first_three_seeds():
+  runs = {p: rs[:2] for p, rs in runs_by_hand().items()}
+  (drop,) = claims.analyse([DROPOUT], runs)
+  # -11, -12: the interval, -11.5 +- 12.706 * 0.707 / 1.414, excludes 0, yet 2 seeds < 3.
+  assert drop['ci'] == pytest.approx([-11.5 - 12.706 / 2, -11.5 + 12.706 / 2])
+  assert claims.verdict(drop['ci'], -1, 1.0) == 'reproduced'
+  assert drop['verdict'] == 'not resolved'
+
+
 def test_steps_to_a_training_error_by_hand():
   # Means of the last three logged errors: 0.9, 0.85, 0.7667, 0.6, 0.4333, 0.3.
   assert [round(e, 4) for _, e in claims.smoothed(FAST)] == [0.9, 0.85, 0.7667, 0.6, 0.4333, 0.3]
