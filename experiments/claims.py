@@ -222,12 +222,14 @@ def verdict(ci, side, bound):
 
 def seeds_needed(values, bound):
   """Seeds at which the interval would decide, if mean and spread stayed as they are: the
-  half-width below |mean| (excludes 0) or below bound - |mean| (inside +-bound)."""
+  half-width below |mean| (excludes 0) or below bound - |mean| (inside +-bound); at least
+  MIN_SEEDS, the fewest a verdict takes."""
   if len(values) < 2:
     return None
   mean, sd = abs(sum(values) / len(values)), statistics.stdev(values)
   target = max(mean, bound - mean)
-  return next((n for n in range(2, 1001) if t_975(n - 1) * sd / math.sqrt(n) < target), None)
+  return next((n for n in range(MIN_SEEDS, 1001) if t_975(n - 1) * sd / math.sqrt(n) < target),
+              None)
 
 
 def analyse(claims, runs):

@@ -152,6 +152,8 @@ def test_seeds_needed_by_hand():
   values = [-1.0, 1.0, 3.0]  # Mean 1, sd 2.
   assert claims.seeds_needed(values, bound=1.0) == 18
   assert claims.seeds_needed([1.0], 1.0) is None
+  # Decided already at 2 seeds (mean 5, sd 0.1): still 3, the rule's first round.
+  assert claims.seeds_needed([5.0, 5.1], bound=1.0) == 3
 
 
 def test_the_table_reads_each_row_by_hand():
