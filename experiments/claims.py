@@ -10,7 +10,9 @@ this module trains them one after another through `train.train_and_evaluate` in
 workdir/<variant>_seed<seed> (a finished run is read, an interrupted one resumes), scores
 each run's training split too (for the overfitting claims), and rewrites --out after every
 run. A rerun keeps the runs --out holds, so a table longer than one machine's life goes on
-from the committed file on another.
+from the committed file on another. `--refresh` lands a runner's file in a newer checkout:
+it re-analyses --out with this checkout's claims and analysis and rewrites README.md's table
+from it, training nothing.
 
 The stopping rule (`next_run`), fixed before the runs: every claim gets seeds 0, 1, 2;
 then the reproduction's seeds (REPRODUCTION); then seed by seed, seed k goes only to the
@@ -46,6 +48,7 @@ VERDICTS = ('reproduced', 'reversed', 'no effect here', 'not resolved')
 # The reproduction's committed seed 0 (docs/experiments.md).
 SEED0 = os.path.join(reproduction.REPO, 'experiments', 'results',
                      'imagenette_bvlc_biases_30ep.json')
+README = os.path.join(reproduction.REPO, 'README.md')
 
 
 def load_config(path):
@@ -400,6 +403,42 @@ def format_table(rows):
   return '\n'.join(lines)
 
 
+def write(out, result):
+  """Writes the result file whole or not at all (a kill mid-write leaves the old one)."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out + '.tmp', 'w') as fh:
+    json.dump(result, fh, indent=1)
+  os.replace(out + '.tmp', out)
+
+
+def readme_with_table(readme, table):
+  """`readme` (text) with its claims table, from the header line to the blank line after
+  it, replaced by `table`."""
+  try:
+    start = readme.index('\n| claim | § |') + 1
+  except ValueError:
+    raise ValueError('README.md has no claims table (a line starting "| claim | § |") '
+                     'to replace; paste format_table\'s output where it belongs') from None
+  end = readme.find('\n\n', start)
+  return readme[:start] + table + (readme[end:] if end >= 0 else '\n')
+
+
+def refresh(out, readme=README):
+  """Lands a result file in this checkout: re-analyses `out`'s runs with this checkout's
+  claims and analysis (the runner's commit may predate them), rewrites `out`, and puts
+  its table in `readme`. Returns the result. Trains nothing."""
+  with open(out) as f:
+    result = json.load(f)
+  result['claims'] = analyse(config_module().CLAIMS, result['runs'])
+  with open(readme) as f:
+    text = readme_with_table(f.read(), format_table(result['claims']))
+  write(out, result)
+  with open(readme + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(readme + '.tmp', readme)
+  return result
+
+
 def run_table(data_dir, workdir, out, overrides=None, claims=None, with_reproduction=True,
               max_runs=None, log=print):
   """Runs what the stopping rule asks for next until it asks for nothing (or `max_runs`
@@ -431,15 +470,13 @@ def run_table(data_dir, workdir, out, overrides=None, claims=None, with_reproduc
     (runs.setdefault(presets, []) if kind == 'claims' else repro_runs).append(rec)
     result = report(claims, runs, repro_runs, overrides)
     if out:
-      os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-      with open(out + '.tmp', 'w') as fh:
-        json.dump(result, fh, indent=1)
-      os.replace(out + '.tmp', out)
+      write(out, result)
     log(f'{kind} {presets or "paper"} (seed {seed}): top-1 {rec["top1_error"]:.4f}')
   return result or report(claims, runs, repro_runs, overrides)
 
 
 def main(argv):
+  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from alexnet_jax import cpu_settings  # pylint: disable=g-import-not-at-top
   del argv
@@ -452,6 +489,12 @@ def main(argv):
       overrides[key] = json.loads(val)
     except json.JSONDecodeError:
       overrides[key] = val
+  if f.refresh:
+    print(format_table(refresh(f.out, f.readme)['claims']))
+    return
+  if not f.data_dir or not f.workdir:
+    raise app.UsageError('--data_dir and --workdir are required to run (or --refresh to '
+                         're-analyse --out and rewrite the README table without training)')
   module = config_module()
   claims = [c for c in module.CLAIMS if not f.claims or c['claim'] in f.claims]
   result = run_table(f.data_dir, f.workdir, f.out, overrides, claims, f.reproduction,
@@ -470,7 +513,9 @@ def define_flags():
   flags.DEFINE_list('claims', [], 'Only these claims (names in configs/ablation.py).')
   flags.DEFINE_bool('reproduction', True, 'Also the 30-epoch reproduction seeds.')
   flags.DEFINE_integer('max_runs', None, 'Stop after this many runs.')
-  flags.mark_flags_as_required(['data_dir', 'workdir'])
+  flags.DEFINE_bool('refresh', False, 'Train nothing: re-analyse --out with this '
+                    "checkout's code, rewrite it and --readme's claims table.")
+  flags.DEFINE_string('readme', README, 'The README whose claims table --refresh rewrites.')
 
 
 if __name__ == '__main__':

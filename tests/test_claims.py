@@ -5,6 +5,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -181,8 +183,44 @@ def test_the_readme_leads_with_the_committed_claims_table():
     table = claims.format_table(json.load(f)['claims'])
   with open(os.path.join(reproduction.REPO, 'README.md')) as f:
     readme = f.read()
-  assert table in readme, 'README.md: paste the table of experiments.claims.format_table'
+  assert table in readme, 'README.md: run `python -m experiments.claims --refresh`'
   assert readme.index(table) < readme.index('**Reproduction**')
+
+
+def test_refresh_lands_a_runners_file_reanalysed_with_its_readme_table(tmp_path):
+  """A runner's file from an older commit, stale table and all: `--refresh` (a real
+  process) re-analyses its runs with this checkout's claims, keeps the rest, and puts the
+  new table in the README in place of the old, the prose around it untouched."""
+  out, readme = tmp_path / 'claims.json', tmp_path / 'README.md'
+  out.write_text(json.dumps({'runs': runs_by_hand(), 'claims': [{'claim': 'stale'}],
+                             'commits': ['abc']}))
+  readme.write_text('# T\n\nBefore.\n\n| claim | § | old |\n|---|---|---|\n| x | y | z |\n\n'
+                    'After.\n')
+  proc = subprocess.run([sys.executable, '-m', 'experiments.claims', '--refresh',
+                         f'--out={out}', f'--readme={readme}'], cwd=reproduction.REPO,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  want = json.loads(json.dumps(claims.analyse(ablation.CLAIMS, runs_by_hand())))
+  got = json.loads(out.read_text())
+  assert got['claims'] == want and got['commits'] == ['abc'] and got['runs'] == runs_by_hand()
+  table = claims.format_table(want)
+  assert readme.read_text() == f'# T\n\nBefore.\n\n{table}\n\nAfter.\n'
+  assert table in proc.stdout
+  # A README without a table: a clear error, and the result file is left as it was.
+  readme.write_text('# No table here\n')
+  before = out.read_text()
+  with pytest.raises(ValueError, match='no claims table'):
+    claims.refresh(str(out), str(readme))
+  assert out.read_text() == before and readme.read_text() == '# No table here\n'
+
+
+def test_running_without_data_or_workdir_says_what_is_missing(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'experiments.claims',
+                         f'--out={tmp_path / "c.json"}'], cwd=reproduction.REPO,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode != 0
+  assert '--data_dir and --workdir are required' in proc.stderr and '--refresh' in proc.stderr
+  assert not (tmp_path / 'c.json').exists()
 
 
 def test_t_quantiles_are_students():
