@@ -429,7 +429,13 @@ def refresh(out, readme=README):
   its table in `readme`. Returns the result. Trains nothing."""
   with open(out) as f:
     result = json.load(f)
-  result['claims'] = analyse(config_module().CLAIMS, result['runs'])
+  claims = config_module().CLAIMS
+  known = {p for c in claims for p in arms(c)}
+  if not isinstance(result.get('runs'), dict) or not set(result['runs']) <= known:
+    raise ValueError(f'{out} is not a claims runner\'s result file: its "runs" must be keyed '
+                     f'by the presets of {CONFIG}\'s claims ({sorted(known)}); --out names '
+                     'the file `python -m experiments.claims` wrote')
+  result['claims'] = analyse(claims, result['runs'])
   with open(readme) as f:
     text = readme_with_table(f.read(), format_table(result['claims']))
   write(out, result)

@@ -212,6 +212,13 @@ def test_refresh_lands_a_runners_file_reanalysed_with_its_readme_table(tmp_path)
   with pytest.raises(ValueError, match='no claims table'):
     claims.refresh(str(out), str(readme))
   assert out.read_text() == before and readme.read_text() == '# No table here\n'
+  # Another result file (the earlier ablation runner's, keyed by names): refused, as is.
+  readme.write_text(f'{table}\n')
+  earlier = tmp_path / 'ablations.json'
+  earlier.write_text(json.dumps({'runs': {'LRN, overlapping pool': [record(0, .3)]}}))
+  with pytest.raises(ValueError, match='not a claims runner'):
+    claims.refresh(str(earlier), str(readme))
+  assert readme.read_text() == f'{table}\n'
 
 
 def test_running_without_data_or_workdir_says_what_is_missing(tmp_path):
