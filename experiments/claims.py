@@ -403,12 +403,12 @@ def format_table(rows):
   return '\n'.join(lines)
 
 
-def write(out, result):
-  """Writes the result file whole or not at all (a kill mid-write leaves the old one)."""
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out + '.tmp', 'w') as fh:
-    json.dump(result, fh, indent=1)
-  os.replace(out + '.tmp', out)
+def write(path, text):
+  """Writes `path` whole or not at all (a kill mid-write leaves the old file)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + '.tmp', 'w') as fh:
+    fh.write(text)
+  os.replace(path + '.tmp', path)
 
 
 def readme_with_table(readme, table):
@@ -438,10 +438,8 @@ def refresh(out, readme=README):
   result['claims'] = analyse(claims, result['runs'])
   with open(readme) as f:
     text = readme_with_table(f.read(), format_table(result['claims']))
-  write(out, result)
-  with open(readme + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(readme + '.tmp', readme)
+  write(out, json.dumps(result, indent=1))
+  write(readme, text)
   return result
 
 
@@ -476,7 +474,7 @@ def run_table(data_dir, workdir, out, overrides=None, claims=None, with_reproduc
     (runs.setdefault(presets, []) if kind == 'claims' else repro_runs).append(rec)
     result = report(claims, runs, repro_runs, overrides)
     if out:
-      write(out, result)
+      write(out, json.dumps(result, indent=1))
     log(f'{kind} {presets or "paper"} (seed {seed}): top-1 {rec["top1_error"]:.4f}')
   return result or report(claims, runs, repro_runs, overrides)
 
