@@ -380,12 +380,17 @@ MEASURED_AS = {'top1_error': 'top-1 error', 'top5_error': 'top-5 error',
                'views_gain': 'top-1 error, ten views minus the centre crop'}
 
 
+# The first words of format_table's and format_reproduction's output: where the README's
+# copies start (kept short, so a README written by an older commit is still found).
+TABLE_HEAD, REPRODUCTION_HEAD = '| claim | § |', '**The reproduction over seeds**'
+
+
 def format_table(rows):
   """Markdown, one line per claim: the table the notebook opens with and the README
   leads with (a test checks the README's is this of the committed result)."""
   def num(x, metric):
     return f'{x:.2f}x' if metric == 'steps_ratio' else f'{x:+.1f}'
-  lines = ["| claim | § | the paper | measured as | paper's net minus variant [95% interval] "
+  lines = [f"{TABLE_HEAD} the paper | measured as | paper's net minus variant [95% interval] "
            "| seeds | verdict |", '|---|---|---|---|---|---|---|']
   for r in rows:
     m = r['metric']
@@ -403,6 +408,29 @@ def format_table(rows):
   return '\n'.join(lines)
 
 
+def format_reproduction(summary):
+  """One line: the 30-epoch reproduction's ten-view top-1 error over its seeds, with its
+  95% interval (the notebook shows it under the table; the README under its own)."""
+  seeds = ', '.join(str(s) for s in summary['seeds'])
+  ci = (f'95% interval [{summary["ci"][0]:.1f}, {summary["ci"][1]:.1f}]' if summary['ci']
+        else 'one seed: no interval')
+  return (f'{REPRODUCTION_HEAD} {seeds} (the paper\'s recipe with BVLC\'s biases, 30 '
+          f'epochs): ten-view top-1 error {summary["top1_error"]:.1f}%, {ci}.')
+
+
+def readme_with(readme, head, block):
+  """`readme` (text) with the block that starts with the line starting `head`, up to the
+  next blank line, replaced by `block`."""
+  try:
+    start = readme.index('\n' + head) + 1
+  except ValueError:
+    raise ValueError(f'README.md has no line starting {head!r} to replace: paste '
+                     '`python -m experiments.claims --refresh`\'s output where it belongs '
+                     '(the claims table, then the reproduction\'s line)') from None
+  end = readme.find('\n\n', start)
+  return readme[:start] + block + (readme[end:] if end >= 0 else '\n')
+
+
 def write(path, text):
   """Writes `path` whole or not at all (a kill mid-write leaves the old file)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -411,22 +439,10 @@ def write(path, text):
   os.replace(path + '.tmp', path)
 
 
-def readme_with_table(readme, table):
-  """`readme` (text) with its claims table, from the header line to the blank line after
-  it, replaced by `table`."""
-  try:
-    start = readme.index('\n| claim | § |') + 1
-  except ValueError:
-    raise ValueError('README.md has no claims table (a line starting "| claim | § |") '
-                     'to replace; paste format_table\'s output where it belongs') from None
-  end = readme.find('\n\n', start)
-  return readme[:start] + table + (readme[end:] if end >= 0 else '\n')
-
-
 def refresh(out, readme=README):
   """Lands a result file in this checkout: re-analyses `out`'s runs with this checkout's
   claims and analysis (the runner's commit may predate them), rewrites `out`, and puts
-  its table in `readme`. Returns the result. Trains nothing."""
+  its claims table and reproduction line in `readme`. Returns the result. Trains nothing."""
   with open(out) as f:
     result = json.load(f)
   claims = config_module().CLAIMS
@@ -436,8 +452,10 @@ def refresh(out, readme=README):
                      f'by the presets of {CONFIG}\'s claims ({sorted(known)}); --out names '
                      'the file `python -m experiments.claims` wrote')
   result['claims'] = analyse(claims, result['runs'])
+  result['reproduction'] = reproduction_summary(result.get('reproduction_runs', []), SEED0)
   with open(readme) as f:
-    text = readme_with_table(f.read(), format_table(result['claims']))
+    text = readme_with(f.read(), TABLE_HEAD, format_table(result['claims']))
+  text = readme_with(text, REPRODUCTION_HEAD, format_reproduction(result['reproduction']))
   write(out, json.dumps(result, indent=1))
   write(readme, text)
   return result
@@ -494,7 +512,9 @@ def main(argv):
     except json.JSONDecodeError:
       overrides[key] = val
   if f.refresh:
-    print(format_table(refresh(f.out, f.readme)['claims']))
+    result = refresh(f.out, f.readme)
+    print(format_table(result['claims']), format_reproduction(result['reproduction']),
+          sep='\n\n')
     return
   if not f.data_dir or not f.workdir:
     raise app.UsageError('--data_dir and --workdir are required to run (or --refresh to '

@@ -187,6 +187,32 @@ def test_the_readme_leads_with_the_committed_claims_table():
   assert readme.index(table) < readme.index('**Reproduction**')
 
 
+def test_the_readme_gives_the_reproduction_over_its_committed_seeds():
+  with open(os.path.join(reproduction.REPO, 'experiments', 'results', 'claims.json')) as f:
+    line = claims.format_reproduction(json.load(f)['reproduction'])
+  with open(os.path.join(reproduction.REPO, 'README.md')) as f:
+    readme = f.read()
+  assert '\n' + line + '\n' in readme, 'README.md: run `python -m experiments.claims --refresh`'
+  assert readme.index('**Reproduction**') < readme.index(line)
+
+
+def test_the_reproduction_line_is_the_mean_and_t_interval_of_its_seeds(tmp_path):
+  """Seed 0 from its committed record, seeds 1 and 2 from the runner: 18, 19, 20 give mean
+  19, standard deviation 1, half-width t(0.975, 2) / sqrt(3) = 4.303 / 1.732 = 2.48."""
+  seed0 = tmp_path / 'seed0.json'
+  seed0.write_text(json.dumps({'seed': 0, 'final': {'eval_top1_error': 0.20}}))
+  runs = [{'seed': 1, 'top1_error': 0.18}, {'seed': 2, 'top1_error': 0.19}]
+  summary = claims.reproduction_summary(runs, str(seed0))
+  assert summary['seeds'] == [0, 1, 2] and summary['top1_error'] == pytest.approx(19)
+  assert summary['ci'] == pytest.approx([19 - 4.303 / math.sqrt(3), 19 + 4.303 / math.sqrt(3)],
+                                        abs=1e-3)
+  assert claims.format_reproduction(summary) == (
+      "**The reproduction over seeds** 0, 1, 2 (the paper's recipe with BVLC's biases, 30 "
+      'epochs): ten-view top-1 error 19.0%, 95% interval [16.5, 21.5].')
+  one = claims.reproduction_summary([], str(seed0))
+  assert claims.format_reproduction(one).endswith('error 20.0%, one seed: no interval.')
+
+
 def test_refresh_lands_a_runners_file_reanalysed_with_its_readme_table(tmp_path):
   """A runner's file from an older commit, stale table and all: `--refresh` (a real
   process) re-analyses its runs with this checkout's claims, keeps the rest, and puts the
@@ -195,7 +221,7 @@ def test_refresh_lands_a_runners_file_reanalysed_with_its_readme_table(tmp_path)
   out.write_text(json.dumps({'runs': runs_by_hand(), 'claims': [{'claim': 'stale'}],
                              'commits': ['abc']}))
   readme.write_text('# T\n\nBefore.\n\n| claim | § | old |\n|---|---|---|\n| x | y | z |\n\n'
-                    'After.\n')
+                    'After.\n\n**The reproduction over seeds** 0: old.\n')
   proc = subprocess.run([sys.executable, '-m', 'experiments.claims', '--refresh',
                          f'--out={out}', f'--readme={readme}'], cwd=reproduction.REPO,
                         capture_output=True, text=True, timeout=600, check=False)
@@ -204,21 +230,24 @@ def test_refresh_lands_a_runners_file_reanalysed_with_its_readme_table(tmp_path)
   got = json.loads(out.read_text())
   assert got['claims'] == want and got['commits'] == ['abc'] and got['runs'] == runs_by_hand()
   table = claims.format_table(want)
-  assert readme.read_text() == f'# T\n\nBefore.\n\n{table}\n\nAfter.\n'
-  assert table in proc.stdout
+  # The reproduction: the committed seed 0 (the stale file holds no reproduction runs).
+  line = claims.format_reproduction(claims.reproduction_summary([], claims.SEED0))
+  assert got['reproduction']['seeds'] == [0]
+  assert readme.read_text() == f'# T\n\nBefore.\n\n{table}\n\nAfter.\n\n{line}\n'
+  assert table in proc.stdout and line in proc.stdout
   # A README without a table: a clear error, and the result file is left as it was.
   readme.write_text('# No table here\n')
   before = out.read_text()
-  with pytest.raises(ValueError, match='no claims table'):
+  with pytest.raises(ValueError, match="no line starting '\\| claim"):
     claims.refresh(str(out), str(readme))
   assert out.read_text() == before and readme.read_text() == '# No table here\n'
   # Another result file (the earlier ablation runner's, keyed by names): refused, as is.
-  readme.write_text(f'{table}\n')
+  readme.write_text(f'{table}\n\n{line}\n')
   earlier = tmp_path / 'ablations.json'
   earlier.write_text(json.dumps({'runs': {'LRN, overlapping pool': [record(0, .3)]}}))
   with pytest.raises(ValueError, match='not a claims runner'):
     claims.refresh(str(earlier), str(readme))
-  assert readme.read_text() == f'{table}\n'
+  assert readme.read_text() == f'{table}\n\n{line}\n'
 
 
 def test_running_without_data_or_workdir_says_what_is_missing(tmp_path):
