@@ -91,7 +91,6 @@ def slug(presets):
 def run(config, workdir, score_train=True):
   """Trains (or resumes, or reads) one run; its record, or None when it stopped before its
   final evaluation (SIGTERM: it saved a checkpoint; rerunning resumes it)."""
-  t0 = time.perf_counter()
   train.train_and_evaluate(config, workdir)
   rec = reproduction.record(workdir)
   final = rec['final']
@@ -112,7 +111,6 @@ def run(config, workdir, score_train=True):
     scored = evaluate.evaluate(workdir, split=config.data.train_split, views=1,
                                progress=False)
     out['train_top1_error'] = scored['top1_error']
-  out['seconds'] = time.perf_counter() - t0
   return out
 
 
@@ -352,6 +350,12 @@ def reproduction_summary(runs, seed0_path=None):
           'per_seed': {str(s): 100 * e for s, e in sorted(errors.items())}}
 
 
+def train_seconds(budget):
+  """A run's training time at its median images/s (evaluation not counted): from its
+  budget, so the same whichever invocations, resumed or not, trained it."""
+  return budget['steps'] * budget['batch_size'] / budget['images_per_sec']
+
+
 def report(claims, runs, reproduction_runs, overrides, seed0_path=SEED0):
   """The JSON-ready result: the table, the reproduction, and every run."""
   every = [r for rs in runs.values() for r in rs] + list(reproduction_runs)
@@ -367,7 +371,7 @@ def report(claims, runs, reproduction_runs, overrides, seed0_path=SEED0):
       'reproduction': reproduction_summary(reproduction_runs, seed0_path),
       'devices': sorted({json.dumps(r['device'], sort_keys=True) for r in every}),
       'commits': sorted({r['commit'] for r in every}),
-      'wall_seconds': sum(r['seconds'] for r in every),
+      'train_seconds': sum(train_seconds(r['budget']) for r in every),
       'runs': runs,
       'reproduction_runs': list(reproduction_runs),
   }
@@ -440,9 +444,10 @@ def write(path, text):
 
 
 def refresh(out, readme=README):
-  """Lands a result file in this checkout: re-analyses `out`'s runs with this checkout's
-  claims and analysis (the runner's commit may predate them), rewrites `out`, and puts
-  its claims table and reproduction line in `readme`. Returns the result. Trains nothing."""
+  """Lands a result file in this checkout: re-derives all but `out`'s runs and date with
+  this checkout's claims and analysis (`report`; the runner's commit may predate them),
+  rewrites `out`, and puts its claims table and reproduction line in `readme`. Returns
+  the result. Trains nothing."""
   with open(out) as f:
     result = json.load(f)
   claims = config_module().CLAIMS
@@ -451,8 +456,10 @@ def refresh(out, readme=README):
     raise ValueError(f'{out} is not a claims runner\'s result file: its "runs" must be keyed '
                      f'by the presets of {CONFIG}\'s claims ({sorted(known)}); --out names '
                      'the file `python -m experiments.claims` wrote')
-  result['claims'] = analyse(claims, result['runs'])
-  result['reproduction'] = reproduction_summary(result.get('reproduction_runs', []), SEED0)
+  date = result.get('date')  # When the runner wrote its last run; the rest is re-derived.
+  result = report(claims, result['runs'], result.get('reproduction_runs', []),
+                  result.get('overrides'))
+  result['date'] = date or result['date']
   with open(readme) as f:
     text = readme_with(f.read(), TABLE_HEAD, format_table(result['claims']))
   text = readme_with(text, REPRODUCTION_HEAD, format_reproduction(result['reproduction']))

@@ -38,7 +38,8 @@ def record(seed, top1, centre=None, train=None, rows=FAST):
   return {'seed': seed, 'top1_error': top1, 'top5_error': top1 / 4,
           'centre_top1_error': top1 if centre is None else centre,
           'train_top1_error': 0.1 if train is None else train, 'train_error_by_step': rows,
-          'device': {'platform': 'cpu'}, 'commit': 'abc', 'seconds': 1.0}
+          'device': {'platform': 'cpu'}, 'commit': 'abc',
+          'budget': {'steps': 6, 'batch_size': 4, 'images_per_sec': 2.0}}
 
 
 def runs_by_hand():
@@ -219,7 +220,7 @@ def test_refresh_lands_a_runners_file_reanalysed_with_its_readme_table(tmp_path)
   new table in the README in place of the old, the prose around it untouched."""
   out, readme = tmp_path / 'claims.json', tmp_path / 'README.md'
   out.write_text(json.dumps({'runs': runs_by_hand(), 'claims': [{'claim': 'stale'}],
-                             'commits': ['abc']}))
+                             'commits': ['abc'], 'wall_seconds': 1.0, 'date': 'then'}))
   readme.write_text('# T\n\nBefore.\n\n| claim | § | old |\n|---|---|---|\n| x | y | z |\n\n'
                     'After.\n\n**The reproduction over seeds** 0: old.\n')
   proc = subprocess.run([sys.executable, '-m', 'experiments.claims', '--refresh',
@@ -229,6 +230,9 @@ def test_refresh_lands_a_runners_file_reanalysed_with_its_readme_table(tmp_path)
   want = json.loads(json.dumps(claims.analyse(ablation.CLAIMS, runs_by_hand())))
   got = json.loads(out.read_text())
   assert got['claims'] == want and got['commits'] == ['abc'] and got['runs'] == runs_by_hand()
+  # Training time from each run's budget: 21 runs of 6 steps x 4 images at 2 images/s.
+  assert got['train_seconds'] == 21 * 6 * 4 / 2 and 'wall_seconds' not in got
+  assert got['date'] == 'then'  # When the runner wrote it, not when it landed.
   table = claims.format_table(want)
   # The reproduction: the committed seed 0 (the stale file holds no reproduction runs).
   line = claims.format_reproduction(claims.reproduction_summary([], claims.SEED0))
