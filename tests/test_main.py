@@ -71,6 +71,8 @@ def test_the_libraries_start_up_lines_are_not_shown(tmp_path):
   assert 'step 2: eval (1 view(s), 200 examples)' in result.stderr
 
 
+# 15 s: slow. The default suite checks that the libraries' lines are hidden (above).
+@pytest.mark.slow
 def test_library_logs_flag_shows_the_libraries(tmp_path):
   result = run_main(tmp_path, '--library_logs', steps=2, **runs.WITH_STARTUP_NOISE)
   assert 'checkpoint_manager.py' in result.stderr  # orbax's INFO lines.
@@ -261,6 +263,9 @@ def _slurm_job_id():
   raise RuntimeError('no free port in 61440-65535')
 
 
+# 40 s: slow. The default suite starts two processes through JAX's distributed runtime in
+# test_two_processes_split_the_columns_and_match_one.
+@pytest.mark.slow
 def test_slurm_script_starts_two_processes_that_find_each_other(one_process, tmp_path):
   """scripts/slurm.sbatch as SLURM would run it on two nodes (srun emulated by two local
   tasks, SLURM's variables set): jax.distributed.initialize() finds the cluster itself,

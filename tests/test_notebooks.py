@@ -20,6 +20,7 @@ import pytest
 
 from alexnet_jax import checkpointing
 from alexnet_jax import evaluate
+from configs import ablation
 from configs import sample
 from experiments import claims
 from experiments import reproduction
@@ -74,7 +75,26 @@ TINY = {'data.image_size': 67, 'data.resize_size': 76, 'batch_size': 8, 'eval_ba
         'log_every_steps': 1}
 
 
-def test_claims_notebook(tmp_path):
+def test_claims_notebook_shows_the_committed_result():
+  """As a reader opens it (TRAIN = False): the table, every row as the result file's runs
+  analysed by this checkout, and the training time those runs' budgets add up to."""
+  nb = execute('claims.ipynb', '')
+  with open(REPO / 'experiments' / 'results' / 'claims.json') as f:
+    saved = json.load(f)
+  keys = ('claim', 'metric', 'effect', 'ci', 'seeds', 'verdict')
+  assert printed(nb, 'CLAIMS_JSON=') == json.loads(json.dumps(
+      [{k: r[k] for k in keys} for r in claims.analyse(ablation.CLAIMS, saved['runs'])]))
+  hours = sum(r['budget']['steps'] * r['budget']['batch_size'] / r['budget']['images_per_sec']
+              for rs in [*saved['runs'].values(), saved['reproduction_runs']] for r in rs) / 3600
+  text = '\n'.join(str(o.get('data', {}).get('text/markdown', '')) for c in nb.cells
+                   for o in c.get('outputs', []))
+  assert f'{hours:.1f} hours of training' in text
+  assert len(images(nb)) >= 1  # The learning curves.
+
+
+# 75 s: slow. The default suite trains through the claims runner in test_claims.py.
+@pytest.mark.slow
+def test_claims_notebook_trains(tmp_path):
   """Trains the dropout claim's two runs at a tiny budget and shows its table row."""
   nb = execute('claims.ipynb', '\n'.join([
       'TRAIN = True', "CLAIMS = ['dropout']", f'DATA_DIR = {sample.SAMPLE_DIR!r}',

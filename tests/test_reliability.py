@@ -116,6 +116,9 @@ def test_corrupt_latest_checkpoint_is_reported_and_the_previous_used(uninterrupt
   assert_trees_equal(final_params(uninterrupted)[1], params)
 
 
+# 16 s: slow. The default suite skips a non-finite step in one process:
+# test_train.py's test_nonfinite_step_is_skipped_and_reported.
+@pytest.mark.slow
 def test_nan_with_skip_counts_the_skipped_steps(tmp_path):
   workdir = tmp_path / 'run'
   run_main(workdir, '--config.learning_rate=1e6', '--config.on_nan=skip',
@@ -426,6 +429,9 @@ def test_features_read_a_workdir_while_a_run_writes_it(tmp_path):
 
 # ---------------------------------------------------------------------- preemption --
 
+# 55 s: slow. The default suite's SIGTERM, during training, is in
+# test_a_second_run_is_refused_and_sigterm_saves_and_exits_in_bounded_time.
+@pytest.mark.slow
 def test_sigterm_during_evaluation_saves_at_once_and_the_rerun_redoes_it(tmp_path):
   """The final 10-view evaluation (50 batches at 131 x 131) takes many seconds; a SIGTERM
   in it saves within a batch, and the rerun evaluates that step instead of skipping it."""
