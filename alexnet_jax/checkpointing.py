@@ -409,7 +409,9 @@ def _reader(workdir, attempts=5):
   for attempt in range(attempts):
     try:
       return create_manager(workdir, read_only=True)
-    except FileNotFoundError:  # A step the writer deleted (max_to_keep) while listed.
+    # A step the writer deleted (max_to_keep) while orbax listed it: FileNotFoundError,
+    # or NotADirectoryError where the deletion fell between its exists() and is_dir().
+    except (FileNotFoundError, NotADirectoryError):
       if attempt == attempts - 1:
         raise
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -426,6 +427,44 @@ def test_features_read_a_workdir_while_a_run_writes_it(tmp_path):
   assert writer.returncode == 0, writer.stderr.read()[-3000:]
   assert len(steps_read) >= 3, steps_read
 
+
+def test_a_step_deleted_while_a_reader_lists_it_is_read_past(uninterrupted, tmp_path,
+                                                              monkeypatch):
+  """The writer's keep_checkpoints deletes a step between orbax's exists() and is_dir() of
+  it, as the test above once met in CI (made to happen here): the reader lists again and
+  reads the latest step."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  step4 = os.path.join(checkpointing.checkpoint_dir(workdir), '4')
+  path_type = type(epath.Path(step4))
+  exists, is_dir = path_type.exists, path_type.is_dir
+  checked = []  # Paths orbax has seen exist.
+
+  def exists_noted(self):
+    found = exists(self)
+    if found:
+      checked.append(os.fspath(self))
+    return found
+
+  def deleted_after_exists(self):
+    if os.fspath(self) == step4 and step4 in checked and os.path.isdir(step4):
+      shutil.rmtree(step4)
+    return is_dir(self)
+
+  monkeypatch.setattr(path_type, 'exists', exists_noted)
+  monkeypatch.setattr(path_type, 'is_dir', deleted_after_exists)
+  raised, create = [], checkpointing.create_manager
+
+  def create_recording(*args, **kwargs):
+    try:
+      return create(*args, **kwargs)
+    except OSError as e:
+      raised.append(type(e))
+      raise
+
+  monkeypatch.setattr(checkpointing, 'create_manager', create_recording)
+  assert checkpointing.saved_config(str(workdir)).num_train_steps == 6
+  assert raised == [NotADirectoryError] and completed_steps(workdir) == [6]
 
 # ---------------------------------------------------------------------- preemption --
 
