@@ -466,6 +466,7 @@ def test_a_step_deleted_while_a_reader_lists_it_is_read_past(uninterrupted, tmp_
   assert checkpointing.saved_config(str(workdir)).num_train_steps == 6
   assert raised == [NotADirectoryError] and completed_steps(workdir) == [6]
 
+
 # ---------------------------------------------------------------------- preemption --
 
 # 55 s: slow. The default suite's SIGTERM, during training, is in
